@@ -1,0 +1,1 @@
+"""ueconnect, the operator side: SIP core, network roles, DNS interconnect, gateway."""

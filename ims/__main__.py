@@ -1,0 +1,5 @@
+import sys
+
+from ims.cli import main
+
+sys.exit(main())
