@@ -292,7 +292,7 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddress:
         if text.startswith('"'):
             raise ParseError(f"display name without <URI> in {where}")
         semi = text.find(";")
-        uri_text, rest = (text, "") if semi < 0 else (text[:semi], text[semi:])
+        uri_text, rest = (text, "") if semi < 0 else (text[:semi].rstrip(" \t"), text[semi:])
         if any(c in uri_text for c in " \t,?"):
             raise ParseError(f"addr-spec with reserved characters must use <> in {where}")
     if any(c in uri_text for c in " \t"):

@@ -251,18 +251,8 @@ def parse_sip_uri(text: str) -> SipUri:
     lscheme = scheme.lower()
     if not colon or lscheme not in ("sip", "sips"):
         raise ParseError(f"not a sip: or sips: URI: {text!r}")
-    rest, qmark, header_text = rest.partition("?")
-    headers: tuple[tuple[str, str], ...] = ()
-    if qmark:
-        hs: list[tuple[str, str]] = []
-        for item in header_text.split("&"):
-            hname, eq, hvalue = item.partition("=")
-            if not eq or not hname or not abnf.HNV_RE.fullmatch(hname):
-                raise ParseError(f"malformed URI header {item!r} in {text!r}")
-            if not abnf.HNV_RE.fullmatch(hvalue):
-                raise ParseError(f"malformed URI header value {item!r} in {text!r}")
-            hs.append((hname, hvalue))
-        headers = tuple(hs)
+    # userinfo may hold "?" and ";" (user-unreserved) but never an unescaped "@", and the
+    # host part's params and headers never hold "@": split at the last one first (19.1.1).
     user: str | None = None
     password: str | None = None
     userinfo, at, hostpart = rest.rpartition("@")
@@ -274,6 +264,18 @@ def parse_sip_uri(text: str) -> SipUri:
             if not abnf.PASSWORD_RE.fullmatch(pw):
                 raise ParseError(f"invalid password in {text!r}")
             password = pw
+    hostpart, qmark, header_text = hostpart.partition("?")
+    headers: tuple[tuple[str, str], ...] = ()
+    if qmark:
+        hs: list[tuple[str, str]] = []
+        for item in header_text.split("&"):
+            hname, eq, hvalue = item.partition("=")
+            if not eq or not hname or not abnf.HNV_RE.fullmatch(hname):
+                raise ParseError(f"malformed URI header {item!r} in {text!r}")
+            if not abnf.HNV_RE.fullmatch(hvalue):
+                raise ParseError(f"malformed URI header value {item!r} in {text!r}")
+            hs.append((hname, hvalue))
+        headers = tuple(hs)
     semi = hostpart.find(";")
     hostport, param_text = (hostpart, "") if semi < 0 else (hostpart[:semi], hostpart[semi:])
     if not hostport:
