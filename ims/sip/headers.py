@@ -127,12 +127,14 @@ def split_list(value: str) -> list[str]:
 
 
 _PARAM_RE = re.compile(
-    rf"\s*;\s*({abnf.token})(?:\s*=\s*({abnf.token}|{abnf.quoted_string}|{abnf.IPv6reference}))?"
+    rf"\s*;\s*({abnf.token})"
+    rf"(?:\s*=\s*({abnf.IPv6address}|{abnf.token}|{abnf.quoted_string}|{abnf.IPv6reference}))?"
 )
 
 
 def parse_params(text: str, where: str) -> Params:
-    """Generic header parameters ";name[=token|quoted-string|host]" (section 25.1 generic-param)."""
+    """Generic header parameters ";name[=token|quoted-string|host]" (section 25.1 generic-param;
+    a bare IPv6 address is a host too, as in Via received, RFC 5118 section 4.5)."""
     out: list[tuple[str, str | None]] = []
     pos = 0
     n = len(text)

@@ -1,0 +1,560 @@
+"""asyncio SIP transports: UDP and TCP endpoints around the sans-IO core (RFC 3261 section 18).
+
+One object per local address and transport (`UdpTransport`, `TcpTransport`, both a
+`SipTransport`): `send(message, destination)` writes a message to an `Address`; every message
+received is parsed, checked (`ims.sip.checks.validate`), stamped with `received`/`rport` when it
+is a request (RFC 3261 18.2.1, RFC 3581 section 4) and handed to the `on_message(message,
+source)` callback given at construction. Bytes that fail are answered when
+`ims.sip.checks.error_response_for` can build an answer (400 naming the defect, 505, 513) and
+dropped otherwise; either way the endpoint keeps serving and `stats` counts them.
+
+TCP connections, accepted or opened, live in one pool keyed by the remote (host, port) and
+carry every later message to that endpoint (section 18: responses return on the connection the
+request came in on; RFC 5923 spirit for requests). Idle connections are closed.
+
+Hosts are IP literals: names are resolved before (RFC 3263, `ims.dns`). An IPv6 endpoint is
+IPv6 only; to serve both families open one endpoint per family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ims.sip.address import Address
+from ims.sip.checks import error_response_for, validate
+from ims.sip.errors import LocalProtocolError, MessageTooLarge, ProtocolError, SipError
+from ims.sip.framing import FramingLimits, KeepAlivePing, MessageFramed, StreamFramer
+from ims.sip.message import Message, Request, Response, parse_message, serialize
+
+logger = logging.getLogger(__name__)
+
+MessageHandler = Callable[[Message, Address], None]
+"""Receives every well-formed message and the Address it came from."""
+
+ErrorResponder = Callable[[bytes, ProtocolError], Response | None]
+"""Builds the answer to bytes that failed to parse or check, None when they cannot be
+answered; `ims.sip.checks.error_response_for` by default."""
+
+MAX_UDP_PAYLOAD = 65535
+_PONG = b"\r\n"  # RFC 5626 section 3.5.1
+
+
+class TransportError(SipError):
+    """A message could not be sent or an endpoint not opened: the stack reports a send failure
+    to the transaction layer (RFC 3261 section 8.1.3.1, 17.1.4)."""
+
+
+class BindError(TransportError):
+    """The local address could not be bound (in use, not configured on this host)."""
+
+
+class ConnectError(TransportError):
+    """No connection could be opened to the destination (refused, unreachable, timed out)."""
+
+
+class SendError(TransportError):
+    """The message could not be written (too large for UDP, connection lost, endpoint closed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """Bounds and timers of an endpoint; validated on construction."""
+
+    max_datagram_bytes: int = MAX_UDP_PAYLOAD  # larger datagrams are dropped, not parsed
+    framing: FramingLimits = field(default_factory=FramingLimits)
+    idle_timeout: float = 120.0  # seconds without traffic before a TCP connection is closed
+    connect_timeout: float = 5.0
+    max_connections: int = 1024  # accepted and opened together
+    max_write_buffer_bytes: int = 1024 * 1024  # a peer that does not read is cut off
+
+    def __post_init__(self) -> None:
+        if not 0 < self.max_datagram_bytes <= MAX_UDP_PAYLOAD:
+            raise ValueError(f"max_datagram_bytes must be within 1..{MAX_UDP_PAYLOAD}")
+        if self.idle_timeout <= 0 or self.connect_timeout <= 0:
+            raise ValueError("idle_timeout and connect_timeout must be positive")
+        if self.max_connections < 1 or self.max_write_buffer_bytes < 1:
+            raise ValueError("max_connections and max_write_buffer_bytes must be positive")
+
+
+@dataclass(slots=True)
+class TransportStats:
+    """What an endpoint has seen; plain counters, read them any time."""
+
+    received: int = 0  # messages delivered to on_message
+    sent: int = 0  # messages written (error answers included; keep-alives not)
+    parse_errors: int = 0  # inbound messages that failed to parse, frame or check
+    dropped: int = 0  # of those, the ones that could not be answered
+    oversize: int = 0  # datagrams dropped and connections cut for exceeding a bound
+
+
+class SipTransport(Protocol):
+    """What the stack needs from an endpoint; tests may substitute an in-memory one.
+
+    An endpoint hands its on_message callback only messages that passed
+    `ims.sip.checks.validate`, requests stamped by `add_received`, as the ones here do.
+    """
+
+    @property
+    def local(self) -> Address: ...
+
+    @property
+    def stats(self) -> TransportStats: ...
+
+    async def send(self, message: Message, destination: Address) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def add_received(request: Request, source: Address) -> Request:
+    """The request with its top Via stamped for the way back (RFC 3261 section 18.2.1,
+    RFC 3581 section 4).
+
+    `received` is added when the sent-by host is not the packet's source IP, and always when
+    the client asked for `rport` (a flag without value), which is then filled with the source
+    port. Raises ParseError when the top Via is missing or malformed.
+    """
+    via = request.top_via
+    asks_rport = via.rport == ""
+    if not asks_rport and _same_ip(via.host, source.host):
+        return request
+    # RFC 3261's via-received grammar has the bare IPv6address; ims.sip.headers reads only the
+    # bracketed IPv6reference, which RFC 5118 section 4.5 asks receivers to accept as well.
+    received = f"[{source.host}]" if ":" in source.host else source.host
+    stamped = via.with_param("received", received)
+    if asks_rport:
+        stamped = stamped.with_param("rport", str(source.port))
+    headers = request.headers.without_first("Via").prepended("Via", str(stamped))
+    return request.with_headers(headers)
+
+
+def _same_ip(host: str, ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")) == ipaddress.ip_address(ip)
+    except ValueError:  # a host name in sent-by always differs from the source address
+        return False
+
+
+def _ip_version(host: str, where: str) -> int:
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        raise LocalProtocolError(
+            f"{where} host {host!r} is not an IP address; resolve names first (RFC 3263)"
+        ) from None
+
+
+def _peer_address(transport_name: str, sockaddr: tuple[str, int]) -> Address:
+    return Address(transport_name, ipaddress.ip_address(sockaddr[0]).compressed, sockaddr[1])
+
+
+class _Endpoint:
+    """What UDP and TCP endpoints share: the local address, the inbound pipeline, counters."""
+
+    _transport_name: str
+
+    def __init__(
+        self,
+        local: Address,
+        on_message: MessageHandler,
+        settings: TransportSettings,
+        error_response: ErrorResponder,
+    ) -> None:
+        self._local = local
+        self._ip_version = ipaddress.ip_address(local.host).version
+        self._on_message = on_message
+        self._error_response = error_response
+        self.settings = settings
+        self._stats = TransportStats()
+        self._closed = False
+
+    @property
+    def local(self) -> Address:
+        """The bound address, with the actual port when port 0 was asked."""
+        return self._local
+
+    @property
+    def stats(self) -> TransportStats:
+        return self._stats
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._local}>"
+
+    def _endpoint(self, destination: Address) -> tuple[str, int]:
+        """(host, port) to write to; raises LocalProtocolError for a destination this endpoint
+        cannot serve (other transport, other IP family, a name)."""
+        if destination.transport != self._transport_name:
+            raise LocalProtocolError(f"{self._local} cannot send to {destination}")
+        version = _ip_version(destination.host, "destination")
+        if version != self._ip_version:
+            raise LocalProtocolError(f"{self._local} cannot reach IPv{version} {destination}")
+        if self._closed:
+            raise SendError(f"{self._local} is closed")
+        return ipaddress.ip_address(destination.host).compressed, destination.port
+
+    def _accept(self, data: bytes, source: Address) -> Response | None:
+        """Parse, check and deliver one message; the answer owed when it is broken."""
+        try:
+            message = parse_message(data)
+            validate(message)
+            if isinstance(message, Request):
+                message = add_received(message, source)
+        except ProtocolError as exc:
+            return self._reject(data, exc, source)
+        self._stats.received += 1
+        try:
+            self._on_message(message, source)
+        except Exception:  # a handler bug must not take the endpoint down
+            logger.exception("%s: on_message failed for a message from %s", self, source)
+        return None
+
+    def _reject(self, data: bytes, error: ProtocolError, source: Address) -> Response | None:
+        if isinstance(error, MessageTooLarge):
+            self._stats.oversize += 1
+        else:
+            self._stats.parse_errors += 1
+        answer = self._error_response(data, error)
+        if answer is None:
+            self._stats.dropped += 1
+            logger.debug("%s: dropped bytes from %s: %s", self, source, error)
+        return answer
+
+
+# --- UDP ------------------------------------------------------------------------------------
+
+
+class UdpTransport(_Endpoint):
+    """A UDP endpoint: one socket, each datagram one message (RFC 3261 section 18.1.1, 18.2.1)."""
+
+    _transport_name = "UDP"
+
+    def __init__(
+        self,
+        local: Address,
+        on_message: MessageHandler,
+        settings: TransportSettings,
+        error_response: ErrorResponder,
+    ) -> None:
+        super().__init__(local, on_message, settings, error_response)
+        self._datagrams: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        *,
+        settings: TransportSettings | None = None,
+        error_response: ErrorResponder = error_response_for,
+    ) -> UdpTransport:
+        """Bind `host`:`port` (an IP literal; port 0 picks one, see `local`)."""
+        version = _ip_version(host, "local")
+        family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"cannot listen on {Address('UDP', host, port)}: {exc}") from exc
+        local = _peer_address("UDP", sock.getsockname())
+        self = cls(local, on_message, settings or TransportSettings(), error_response)
+        loop = asyncio.get_running_loop()
+        self._datagrams, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(self), sock=sock
+        )
+        return self
+
+    async def send(self, message: Message, destination: Address) -> None:
+        self._sendto(serialize(message), self._endpoint(destination))
+
+    def _sendto(self, data: bytes, endpoint: tuple[str, int]) -> None:
+        if len(data) > self.settings.max_datagram_bytes:
+            # RFC 3261 section 18.1.1: a message this large goes over a congestion-controlled
+            # transport; the caller picks TCP.
+            raise SendError(
+                f"message of {len(data)} bytes exceeds the UDP limit of "
+                f"{self.settings.max_datagram_bytes} bytes; send it over TCP"
+            )
+        if self._datagrams is None or self._datagrams.is_closing():
+            raise SendError(f"{self._local} is closed")
+        self._datagrams.sendto(data, endpoint)
+        self._stats.sent += 1
+
+    def _datagram_received(self, data: bytes, sockaddr: tuple[str, int]) -> None:
+        if self._closed:
+            return
+        if len(data) > self.settings.max_datagram_bytes:
+            self._stats.oversize += 1
+            return
+        if not data.strip(b"\r\n"):
+            return  # a CRLF keep-alive datagram: it has done its job on the NAT binding
+        source = _peer_address("UDP", sockaddr)
+        answer = self._accept(data, source)
+        if answer is not None:
+            try:
+                self._sendto(serialize(answer), (source.host, source.port))
+            except SendError as exc:
+                logger.debug("%s: could not answer %s: %s", self, source, exc)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._datagrams is not None:
+            self._datagrams.close()
+
+
+class _DatagramProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UdpTransport) -> None:
+        self._owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
+        host, port = addr[0], addr[1]
+        self._owner._datagram_received(data, (str(host), port))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors of earlier sends (port unreachable...): UDP gives no reliable signal, the
+        # transaction timers (B, F) cover the loss.
+        logger.debug("%s: %s", self._owner, exc)
+
+
+# --- TCP ------------------------------------------------------------------------------------
+
+
+class TcpTransport(_Endpoint):
+    """A TCP listener and the pool of connections to and from it (RFC 3261 section 18)."""
+
+    _transport_name = "TCP"
+
+    def __init__(
+        self,
+        local: Address,
+        on_message: MessageHandler,
+        settings: TransportSettings,
+        error_response: ErrorResponder,
+    ) -> None:
+        super().__init__(local, on_message, settings, error_response)
+        self._server: asyncio.Server | None = None
+        self._connections: dict[tuple[str, int], _StreamConnection] = {}  # by remote endpoint
+        self._live: set[_StreamConnection] = set()
+        self._connecting: dict[tuple[str, int], asyncio.Task[_StreamConnection]] = {}
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        *,
+        settings: TransportSettings | None = None,
+        error_response: ErrorResponder = error_response_for,
+    ) -> TcpTransport:
+        """Listen on `host`:`port` (an IP literal; port 0 picks one, see `local`)."""
+        _ip_version(host, "local")
+        loop = asyncio.get_running_loop()
+        owner: list[TcpTransport] = []  # known once the socket tells the port
+        try:
+            server = await loop.create_server(
+                lambda: _StreamConnection(owner[0]),
+                host,
+                port,
+                reuse_address=True,
+                start_serving=False,
+            )
+        except OSError as exc:
+            raise BindError(f"cannot listen on {Address('TCP', host, port)}: {exc}") from exc
+        local = _peer_address("TCP", server.sockets[0].getsockname())
+        self = cls(local, on_message, settings or TransportSettings(), error_response)
+        self._server = server
+        owner.append(self)
+        await server.start_serving()
+        return self
+
+    @property
+    def connection_count(self) -> int:
+        """Open connections, accepted and opened."""
+        return len(self._live)
+
+    async def send(self, message: Message, destination: Address) -> None:
+        """Write on the pooled connection to `destination`, opening one if there is none;
+        raises ConnectError or SendError."""
+        endpoint = self._endpoint(destination)
+        data = serialize(message)
+        connection = self._connections.get(endpoint)
+        if connection is None or connection.closing:
+            connection = await self._connection_to(endpoint)
+        connection.write(data)
+        self._stats.sent += 1
+
+    async def _connection_to(self, endpoint: tuple[str, int]) -> _StreamConnection:
+        # Concurrent sends to one endpoint share one connection attempt.
+        task = self._connecting.get(endpoint)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._connect(endpoint))
+            self._connecting[endpoint] = task
+            task.add_done_callback(functools.partial(self._connect_done, endpoint))
+        return await asyncio.shield(task)
+
+    def _connect_done(
+        self, endpoint: tuple[str, int], task: asyncio.Task[_StreamConnection]
+    ) -> None:
+        if self._connecting.get(endpoint) is task:
+            del self._connecting[endpoint]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, in case every sender was cancelled
+
+    async def _connect(self, endpoint: tuple[str, int]) -> _StreamConnection:
+        host, port = endpoint
+        where = str(Address("TCP", host, port))
+        if len(self._live) >= self.settings.max_connections:
+            raise ConnectError(f"cannot connect to {where}: connection limit reached")
+        loop = asyncio.get_running_loop()
+        unspecified = ipaddress.ip_address(self._local.host).is_unspecified
+        local_addr = None if unspecified else (self._local.host, 0)
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _StreamConnection(self), host, port, local_addr=local_addr
+                )
+        except TimeoutError as exc:
+            timeout = self.settings.connect_timeout
+            raise ConnectError(f"cannot connect to {where}: no answer in {timeout} s") from exc
+        except OSError as exc:
+            raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
+        if connection.closing:
+            raise ConnectError(f"cannot connect to {where}: connection closed at once")
+        return connection
+
+    def _adopt(self, connection: _StreamConnection, peer: Address) -> bool:
+        if self._closed:
+            return False
+        if len(self._live) >= self.settings.max_connections:
+            logger.warning("%s: refusing a connection with %s: limit reached", self, peer)
+            return False
+        self._live.add(connection)
+        self._connections[peer.host, peer.port] = connection  # the newest carries later sends
+        return True
+
+    def _forget(self, connection: _StreamConnection, peer: Address) -> None:
+        if connection in self._live:
+            self._live.discard(connection)
+            if self._connections.get((peer.host, peer.port)) is connection:
+                del self._connections[peer.host, peer.port]
+
+    async def close(self) -> None:
+        """Stop listening, abandon pending connects, close every connection."""
+        self._closed = True
+        for task in list(self._connecting.values()):
+            task.cancel()
+        for connection in list(self._live):
+            connection.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP connection: framing in, writes out, idle timer."""
+
+    def __init__(self, owner: TcpTransport) -> None:
+        self._owner = owner
+        self._framer = StreamFramer(owner.settings.framing)
+        self._transport: asyncio.Transport | None = None
+        self._peer: Address | None = None
+        self._loop = asyncio.get_running_loop()
+        self._last_activity = self._loop.time()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.closing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = _peer_address("TCP", transport.get_extra_info("peername"))
+        self._peer = peer
+        if not self._owner._adopt(self, peer):
+            self.closing = True
+            transport.abort()
+            return
+        self._arm_idle_timer(self._owner.settings.idle_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        if self._peer is not None:
+            self._owner._forget(self, self._peer)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self._peer is None:
+            return
+        self._last_activity = self._loop.time()
+        try:
+            self._framer.feed(data)
+            while (event := self._framer.next_event()) is not None:
+                if isinstance(event, MessageFramed):
+                    answer = self._owner._accept(event.data, self._peer)
+                    if answer is not None:
+                        self._write_answer(answer)
+                elif isinstance(event, KeepAlivePing):
+                    self._transport_write(_PONG)
+                if self.closing:  # the handler may have closed the endpoint
+                    return
+        except ProtocolError as exc:
+            # The stream has no boundaries left: answer if the head is readable, then close.
+            answer = self._owner._reject(self._framer.buffered, exc, self._peer)
+            if answer is not None:
+                self._write_answer(answer)
+            self.close()
+
+    def _write_answer(self, answer: Response) -> None:
+        try:
+            self.write(serialize(answer))
+        except SendError as exc:
+            logger.debug("%s: could not answer %s: %s", self._owner, self._peer, exc)
+        else:
+            self._owner._stats.sent += 1
+
+    def write(self, data: bytes) -> None:
+        transport = self._transport
+        if transport is None or self.closing or transport.is_closing():
+            raise SendError(f"connection to {self._peer} is closed")
+        self._transport_write(data)
+        if transport.get_write_buffer_size() > self._owner.settings.max_write_buffer_bytes:
+            self.abort()
+            raise SendError(f"connection to {self._peer} closed: the peer does not read")
+
+    def _transport_write(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._transport.write(data)
+        self._last_activity = self._loop.time()
+
+    def close(self) -> None:
+        """Close after writing what is buffered (an error answer reaches the peer)."""
+        self.closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm_idle_timer(self, delay: float) -> None:
+        self._idle_timer = self._loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self._loop.time() - self._last_activity
+        remaining = self._owner.settings.idle_timeout - idle
+        if remaining > 0:
+            self._arm_idle_timer(remaining)
+        else:
+            logger.debug("%s: closing idle connection with %s", self._owner, self._peer)
+            self.close()
