@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
+
+from ims.sip.errors import LocalProtocolError
+from ims.sip.uri import SipUri, Uri
 
 RELIABLE_TRANSPORTS = frozenset({"TCP", "TLS", "SCTP", "WS", "WSS"})
 
@@ -28,3 +32,26 @@ class Address:
 
     def __str__(self) -> str:
         return f"{self.transport.lower()}:{self.hostport}"
+
+
+def address_of_uri(uri: Uri, default_transport: str = "UDP") -> Address:
+    """The next-hop Address of a SIP URI whose host is an IP literal (RFC 3263 section 4 is
+    the DNS locator's job; this is the no-DNS case): transport from the transport parameter,
+    port from the URI or the transport's default (5060, 5061 for TLS/sips)."""
+    if not isinstance(uri, SipUri):
+        raise LocalProtocolError(f"cannot send to {uri}: not a sip: or sips: URI")
+    host = uri.host_for_connect
+    if not _is_ip_literal(host):
+        raise LocalProtocolError(f"cannot send to {uri}: host is not an IP address (use DNS)")
+    param = uri.param("transport")
+    transport = (param or ("TLS" if uri.secure else default_transport)).upper()
+    port = uri.port if uri.port is not None else (5061 if transport == "TLS" else 5060)
+    return Address(transport, host, port)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

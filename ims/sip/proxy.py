@@ -1,0 +1,712 @@
+"""The stateful proxy core (RFC 3261 section 16), sans-IO, a TU on top of TransactionLayer.
+
+The walk of a request through this module follows section 16: validation (16.3), Route
+processing (16.4), target determination (16.5, delegated to a `Router` the IMS roles supply),
+forwarding to each target (16.6), response processing and best-response selection (16.7),
+Timer C (16.8), CANCEL (16.10) and the stateless ACK for a 2xx (16.11).
+
+The driver feeds every TU event of the layer to `ProxyCore.handle_event(event, now)` and its
+own timer (`get_timer` / `handle_timer`: Timer C and the CANCEL guard) beside the layer's. The
+proxy acts only through the layer, so everything it sends appears as the layer's SendMessage
+events. Hostnames are resolved by the caller's `Resolver`; message syntax is checked by the
+layer on receipt (ims.sip.checks, 16.3 item 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ims.sip.address import Address
+from ims.sip.errors import LocalProtocolError, ProtocolError
+from ims.sip.headers import Via, parse_name_addr, split_list
+from ims.sip.ids import BRANCH_MAGIC_COOKIE
+from ims.sip.message import Request, Response, make_response
+from ims.sip.transaction import (
+    AckReceived,
+    CancelReceived,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    State,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransportFailure,
+    make_cancel,
+    response_destination,
+)
+from ims.sip.uri import SipUri, Uri
+
+__all__ = [
+    "Forward",
+    "ProxyConfig",
+    "ProxyCore",
+    "Resolver",
+    "Router",
+    "Target",
+    "forward_to_request_uri",
+    "select_best_response",
+]
+
+# Section 16.8: Timer C "MUST be set for more than 3 minutes".
+TIMER_C_MINIMUM = 180.0
+DEFAULT_MAX_FORWARDS = 70  # 16.6 item 3
+# 16.7 item 6: within the 4xx class, responses that help the client resubmit come first.
+_RESUBMISSION_HINTS = (401, 407, 415, 420, 484)
+_AUTH_CHALLENGES = ("WWW-Authenticate", "Proxy-Authenticate")
+# RFC 3326 section 2: why the other branches of an answered INVITE are cancelled.
+_COMPLETED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"'
+
+
+# --- configuration and the role's hooks -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Who the proxy is and what it accepts.
+
+    `uri` names the proxy: its host:port is the Via sent-by and, with `lr`, the Record-Route
+    value. `aliases` are further URIs that mean this proxy in a Route or Request-URI (16.4).
+    `supported` are the option tags accepted in Proxy-Require (16.3 item 5).
+    """
+
+    uri: SipUri
+    aliases: tuple[SipUri, ...] = ()
+    supported: frozenset[str] = frozenset()
+    uri_schemes: frozenset[str] = frozenset({"sip", "sips", "tel"})
+    timer_c: float = 185.0
+
+    def __post_init__(self) -> None:
+        if self.timer_c <= TIMER_C_MINIMUM:
+            raise ValueError(
+                f"Timer C must be more than {TIMER_C_MINIMUM:.0f} s (RFC 3261 16.8), "
+                f"not {self.timer_c}"
+            )
+        if self.uri.user is not None:
+            raise ValueError(f"the proxy URI names a host, not a user: {self.uri}")
+
+    @property
+    def sent_by(self) -> str:
+        return self.uri.host if self.uri.port is None else f"{self.uri.host}:{self.uri.port}"
+
+    @property
+    def record_route(self) -> str:
+        """Our Record-Route value: our URI with `lr` (16.6 item 4, loose routing)."""
+        return f"<{self.uri.with_param('lr')}>"
+
+    def is_local(self, uri: Uri) -> bool:
+        """True when `uri` names this proxy (host and port; no user part)."""
+        if not isinstance(uri, SipUri) or uri.user is not None:
+            return False
+        return any(_same_host_port(uri, mine) for mine in (self.uri, *self.aliases))
+
+    def is_our_via(self, via: Via) -> bool:
+        port = via.port if via.port is not None else _default_port(self.uri.scheme)
+        ours = self.uri.port if self.uri.port is not None else _default_port(self.uri.scheme)
+        return via.host.lower() == self.uri.host.lower() and port == ours
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One branch: the Request-URI to use and, when the role knows it, the next hop (16.5).
+    Without `next_hop`, the next hop comes from the Route set or the Request-URI (16.6 item 7)
+    through the Resolver."""
+
+    uri: Uri
+    next_hop: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """The routing decision to proxy the request to `targets` in parallel (16.6).
+
+    `record_route` asks to stay on the path of the dialog (16.6 item 4); `extra_headers` are
+    added to every forwarded copy (16.6 item 5, e.g. P-Asserted-Identity)."""
+
+    targets: tuple[Target, ...]
+    record_route: bool = False
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+class Router(Protocol):
+    """The role's target determination (16.5): forward, or answer with a final response."""
+
+    def __call__(self, request: Request, source: Address) -> Forward | Response: ...
+
+
+Resolver = Callable[[Uri], Address | None]
+"""Next hop of a URI (RFC 3263 done by the caller); None when it cannot be reached."""
+
+
+def forward_to_request_uri(request: Request, *, record_route: bool = False) -> Forward:
+    """The decision for a request that is not for this domain or is in a dialog: its
+    Request-URI is the only target (16.5)."""
+    return Forward((Target(request.uri),), record_route=record_route)
+
+
+def select_best_response(responses: Sequence[Response]) -> Response:
+    """Choose among the final responses of a response context (16.7 item 6): a 6xx if any,
+    else the lowest class, preferring 401, 407, 415, 420, 484 within 4xx."""
+    if not responses:
+        raise LocalProtocolError("no final response to choose from")
+    global_failures = [r for r in responses if r.status_code >= 600]
+    if global_failures:
+        return global_failures[0]
+    lowest = min(r.status_code // 100 for r in responses)
+    in_class = [r for r in responses if r.status_code // 100 == lowest]
+    if lowest == 4:
+        for code in _RESUBMISSION_HINTS:
+            for r in in_class:
+                if r.status_code == code:
+                    return r
+    return in_class[0]
+
+
+# --- state ------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False, slots=True)
+class _Branch:
+    key: TransactionKey
+    request: Request  # as forwarded
+    destination: Address
+    context: _Context
+    provisional: bool = False  # any 1xx, 100 included (9.1: CANCEL only after one)
+    final: bool = False
+    cancel_pending: bool = False  # CANCEL wanted but no provisional yet (16.10)
+    cancel_sent: bool = False
+    cancel_reason: str | None = None  # RFC 3326 Reason for the CANCEL, when one is due
+    give_up_status: int = 408  # the response assumed if the branch never answers (16.8)
+    timer: int | None = None  # token of the Timer C / CANCEL guard heap entry
+
+
+@dataclass(eq=False, slots=True)
+class _Context:
+    """The response context of one server transaction (16.6 item 1, 16.7)."""
+
+    server_key: TransactionKey
+    request: Request  # as received
+    branches: list[_Branch] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)  # final non-2xx, for 16.7 item 6
+    final_sent: bool = False
+    cancelled: bool = False
+    server_alive: bool = True
+
+    @property
+    def is_invite(self) -> bool:
+        return self.request.method == "INVITE"
+
+    def pending(self) -> list[_Branch]:
+        return [b for b in self.branches if not b.final]
+
+
+# --- the core ---------------------------------------------------------------------------------
+
+
+class ProxyCore:
+    """A transaction-stateful proxy (RFC 3261 section 16) driven by TransactionLayer events."""
+
+    def __init__(
+        self,
+        layer: TransactionLayer,
+        config: ProxyConfig,
+        router: Router,
+        resolver: Resolver,
+    ) -> None:
+        self.layer = layer
+        self.config = config
+        self.router = router
+        self.resolver = resolver
+        self._contexts: dict[TransactionKey, _Context] = {}
+        self._branches: dict[TransactionKey, _Branch] = {}
+        self._heap: list[tuple[float, int, TransactionKey]] = []
+        self._token = 0
+
+    # -- driver interface --
+
+    def handle_event(self, event: Event, now: float) -> None:
+        """A TU event drained from the layer (SendMessage events are the driver's, not ours)."""
+        if isinstance(event, RequestReceived):
+            self._on_request(event.request, event.source, event.key, now)
+        elif isinstance(event, ResponseReceived):
+            self._on_response(event.response, event.key, now)
+        elif isinstance(event, CancelReceived):
+            self._on_cancel(event, now)
+        elif isinstance(event, AckReceived):
+            self._on_ack(event.request, event.source)
+        elif isinstance(event, TransactionTimeout | TransportFailure):
+            branch = self._branches.get(event.key)
+            if branch is not None:
+                # 16.7 / 8.1.3.1: a timeout counts as 408, a transport failure as 503.
+                status = 408 if isinstance(event, TransactionTimeout) else 503
+                self._branch_failed(branch, status, now)
+        elif isinstance(event, TransactionTerminated):
+            self._on_terminated(event.key)
+
+    def get_timer(self) -> float | None:
+        """The earliest Timer C / CANCEL guard deadline, None if none runs."""
+        heap = self._heap
+        while heap:
+            _, token, key = heap[0]
+            branch = self._branches.get(key)
+            if branch is not None and branch.timer == token:
+                return heap[0][0]
+            heapq.heappop(heap)
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, token, key = heapq.heappop(heap)
+            branch = self._branches.get(key)
+            if branch is None or branch.timer != token:
+                continue
+            branch.timer = None
+            self._on_branch_timer(branch, now)
+
+    def __len__(self) -> int:
+        """The number of live response contexts."""
+        return len(self._contexts)
+
+    # -- 16.3 to 16.6: a new request --
+
+    def _on_request(
+        self, request: Request, source: Address, key: TransactionKey, now: float
+    ) -> None:
+        context = _Context(key, request)
+        self._contexts[key] = context
+        if request.method == "INVITE":
+            self.layer.send_trying(key, now)  # 17.2.1; quenches the UAC's Timer A
+        rejection = self._validate(request)
+        if rejection is not None:
+            self._answer(context, *rejection, now=now)
+            return
+        try:
+            routed = self._process_route(request)
+            decision = self.router(routed, source)
+        except ProtocolError as exc:  # a header the role needed was malformed
+            self._answer(context, exc.status_code, exc.reason, now=now)
+            return
+        if isinstance(decision, Response):
+            if decision.status_code < 200:
+                raise LocalProtocolError("the router must answer with a final response")
+            self._send_final(context, self._with_to_tag(context, decision), now)
+            return
+        if not decision.targets:
+            self._answer(context, 480, "No target for the request", now=now)
+            return
+        loop_hash = _loop_hash(request)
+        for index, target in enumerate(decision.targets):
+            self._fork(context, routed, target, decision, loop_hash, index, now)
+        self._maybe_finish(context, now)
+
+    def _validate(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+        """Section 16.3 items 2 to 5; item 1 (syntax) was done by the layer on receipt."""
+        scheme = str(request.uri).partition(":")[0].lower()
+        if scheme not in self.config.uri_schemes:
+            return 416, f"URI scheme {scheme} not supported", []  # item 2
+        try:
+            max_forwards = request.header_int("Max-Forwards", 255)
+        except ProtocolError as exc:
+            return 400, exc.reason, []
+        if max_forwards == 0:
+            return 483, "Too Many Hops", []  # item 3
+        if self._is_loop(request):
+            return 482, "Loop Detected", []  # item 4
+        unsupported = [
+            tag
+            for value in request.headers.get_all("Proxy-Require")
+            for tag in split_list(value)
+            if tag and tag not in self.config.supported
+        ]
+        if unsupported:  # item 5
+            return 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]
+        return None
+
+    def _is_loop(self, request: Request) -> bool:
+        """16.3 item 4 with RFC 5393 section 4.2: one of our Vias carries the loop hash this
+        request has now, so it came back unchanged (a spiral changes the hash)."""
+        prefix = f"{BRANCH_MAGIC_COOKIE}{_loop_hash(request)}."
+        for via in request.vias:
+            if self.config.is_our_via(via) and (via.branch or "").startswith(prefix):
+                return True
+        return False
+
+    def _process_route(self, request: Request) -> Request:
+        """Section 16.4: undo a strict router's rewrite, then drop our own Route entry."""
+        headers = request.headers
+        routes = headers.get_all("Route")
+        if routes and self.config.is_local(request.uri):
+            # The previous hop was a strict router: our Record-Route URI is the Request-URI,
+            # the real one is the last Route value.
+            last = parse_name_addr(routes[-1], "Route")
+            request = request.with_uri(last.uri).with_headers(
+                headers.replaced("Route", routes[:-1])
+            )
+        for _ in range(len(routes)):  # we may have record-routed twice (RFC 5658)
+            first = request.headers.get("Route")
+            if first is None or not self.config.is_local(parse_name_addr(first, "Route").uri):
+                break
+            request = request.with_headers(request.headers.without_first("Route"))
+        return request
+
+    def _fork(
+        self,
+        context: _Context,
+        request: Request,
+        target: Target,
+        decision: Forward,
+        loop_hash: str,
+        index: int,
+        now: float,
+    ) -> None:
+        """Section 16.6: one copy of the request towards one target."""
+        headers = request.headers
+        max_forwards = request.header_int("Max-Forwards", 255)
+        headers = headers.replaced(  # item 3
+            "Max-Forwards",
+            [str(DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards - 1)],
+        )
+        if decision.record_route:  # item 4
+            headers = headers.prepended("Record-Route", self.config.record_route)
+        for name, value in decision.extra_headers:  # item 5
+            headers = headers.appended(name, value)
+        copy = request.with_uri(target.uri).with_headers(headers)  # items 1, 2
+        copy, next_hop_uri = _postprocess_routing(copy)  # item 6
+        destination = target.next_hop or self.resolver(next_hop_uri)  # item 7
+        if destination is None:
+            context.responses.append(
+                make_response(context.request, 503, f"No route to {next_hop_uri}")
+            )
+            return
+        branch = f"{BRANCH_MAGIC_COOKIE}{loop_hash}.{_branch_hash(context, target, index)}"
+        via = f"SIP/2.0/{destination.transport} {self.config.sent_by};branch={branch}"
+        copy = copy.with_headers(copy.headers.prepended("Via", via))  # item 8
+        try:
+            key = self.layer.send_request(copy, destination, now)  # item 10
+        except LocalProtocolError:  # transaction limit, or a duplicate target
+            context.responses.append(make_response(context.request, 503))
+            return
+        entry = _Branch(key, copy, destination, context)
+        context.branches.append(entry)
+        self._branches[key] = entry
+        if context.is_invite:
+            self._arm(entry, now + self.config.timer_c)  # item 11: Timer C
+
+    # -- 16.7: responses --
+
+    def _on_response(self, response: Response, key: TransactionKey | None, now: float) -> None:
+        branch = self._branches.get(key) if key is not None else None
+        if branch is None:
+            if key is None:
+                self._forward_stray(response)
+            return  # a response to our CANCEL, or to a branch given up on
+        upstream = response.with_headers(response.headers.without_first("Via"))  # item 3
+        context = branch.context
+        code = response.status_code
+        if code < 200:
+            branch.provisional = True
+            if branch.cancel_pending:
+                self._send_cancel(branch, now)
+            timer_c_running = branch.timer is not None and not branch.cancel_sent
+            if code > 100 and context.is_invite and timer_c_running:
+                self._arm(branch, now + self.config.timer_c)  # 16.7 item 2
+            if code > 100 and not context.final_sent:
+                self._send_upstream(context, upstream, now)  # item 5: forwarded at once
+            return
+        if not branch.final:
+            branch.final = True
+            branch.timer = None
+        if 200 <= code < 300:
+            # Item 5: every 2xx goes up at once, even after another 2xx (RFC 6026: the
+            # server transaction in Accepted takes them; once it is gone, statelessly).
+            if context.final_sent and not context.is_invite:
+                return
+            self._send_final(context, upstream, now)
+            if context.is_invite:
+                self._cancel_pending(context, now, _COMPLETED_ELSEWHERE)
+            return
+        if context.final_sent:
+            return
+        context.responses.append(upstream)
+        if code >= 600 and context.is_invite:
+            self._cancel_pending(context, now, None)  # item 5 (6xx)
+        self._maybe_finish(context, now)
+
+    def _maybe_finish(self, context: _Context, now: float) -> None:
+        """Item 6: with no branch pending, send the best response of the context."""
+        if context.final_sent or context.pending():
+            return
+        if not context.responses:
+            self._answer(context, 408, None, now=now)
+            return
+        best = select_best_response(context.responses)
+        if best.status_code == 503:
+            # Item 6: a 503 would make the client think this proxy is unavailable.
+            self._answer(context, 500, None, now=now)
+            return
+        if best.status_code in (401, 407):
+            best = _aggregate_challenges(best, context.responses)  # item 7
+        self._send_final(context, best, now)
+
+    def _send_upstream(self, context: _Context, response: Response, now: float) -> None:
+        if context.server_alive and self.layer.state(context.server_key) is not None:
+            self.layer.send_response(context.server_key, response, now)
+
+    def _send_final(self, context: _Context, response: Response, now: float) -> None:
+        state = self.layer.state(context.server_key)
+        sendable = state in (State.PROCEEDING, State.TRYING) or (
+            state is State.ACCEPTED and 200 <= response.status_code < 300
+        )
+        if sendable:
+            self.layer.send_response(context.server_key, response, now)
+        elif 200 <= response.status_code < 300 and context.is_invite:
+            # The server transaction is gone (Timer L): a late 2xx still reaches the UAC.
+            self._forward_upstream_statelessly(response)
+        context.final_sent = True
+
+    def _answer(
+        self,
+        context: _Context,
+        status: int,
+        reason: str | None,
+        extra: Iterable[tuple[str, str]] = (),
+        *,
+        now: float,
+    ) -> None:
+        """A response generated by the proxy itself (acting as a UAS, 8.2.6)."""
+        response = make_response(
+            context.request, status, reason, to_tag=_to_tag(context), extra=extra
+        )
+        self._send_final(context, response, now)
+
+    def _with_to_tag(self, context: _Context, response: Response) -> Response:
+        to = response.headers.get("To")
+        if response.status_code == 100 or to is None:
+            return response
+        name_addr = parse_name_addr(to, "To")
+        if name_addr.tag is not None:
+            return response
+        tagged = str(name_addr.with_param("tag", _to_tag(context)))
+        return response.with_headers(response.headers.replaced("To", [tagged]))
+
+    def _forward_stray(self, response: Response) -> None:
+        """RFC 6026 section 7.3 / RFC 3261 16.7: a 2xx to an INVITE that matches no client
+        transaction is forwarded statelessly; any other stray response is dropped."""
+        if not (200 <= response.status_code < 300 and response.cseq.method == "INVITE"):
+            return
+        if not self.config.is_our_via(response.top_via):
+            return  # not sent through us: nothing to forward it to
+        self._forward_upstream_statelessly(
+            response.with_headers(response.headers.without_first("Via"))
+        )
+
+    def _forward_upstream_statelessly(self, response: Response) -> None:
+        if response.headers.get("Via") is None:
+            return  # the Via was ours alone: the response was meant for us
+        self.layer.send_stateless(response, response_destination(response.top_via))
+
+    # -- 16.8, 16.10: Timer C and CANCEL --
+
+    def _on_cancel(self, event: CancelReceived, now: float) -> None:
+        context = None if event.invite_key is None else self._contexts.get(event.invite_key)
+        if context is None:
+            # 16.10 would forward an unknown CANCEL statelessly, for a proxy that may have
+            # forwarded the INVITE statelessly; this proxy never does, so 481 (9.2).
+            response = make_response(event.request, 481, to_tag=None)
+            self.layer.send_response(event.key, response, now)
+            return
+        ok = make_response(event.request, 200, to_tag=_to_tag(context))
+        self.layer.send_response(event.key, ok, now)
+        context.cancelled = True
+        if not context.final_sent:
+            self._cancel_pending(context, now, event.request.headers.get("Reason"))
+
+    def _cancel_pending(self, context: _Context, now: float, reason: str | None) -> None:
+        for branch in context.pending():
+            branch.give_up_status = 487
+            branch.cancel_reason = reason
+            if branch.provisional:
+                self._send_cancel(branch, now)
+            else:
+                branch.cancel_pending = True  # 9.1: not before a provisional response
+
+    def _send_cancel(self, branch: _Branch, now: float) -> None:
+        branch.cancel_pending = False
+        if branch.cancel_sent or branch.final:
+            return
+        branch.cancel_sent = True
+        cancel = make_cancel(branch.request, reason=branch.cancel_reason)
+        # Its responses come back as ResponseReceived for a key that is no branch: ignored.
+        with contextlib.suppress(LocalProtocolError):  # no room: the guard still ends it
+            self.layer.send_request(cancel, branch.destination, now)
+        # 9.1: without a final response 64*T1 after the CANCEL, give the branch up.
+        self._arm(branch, now + 64 * self.layer.settings.t1)
+
+    def _on_branch_timer(self, branch: _Branch, now: float) -> None:
+        if branch.final:
+            return
+        if branch.provisional and not branch.cancel_sent:
+            # 16.8: Timer C with a provisional response: CANCEL the branch.
+            branch.give_up_status = 408
+            self._send_cancel(branch, now)
+            return
+        # 16.8 without a provisional response, or 9.1 after an unanswered CANCEL.
+        self._branch_failed(branch, branch.give_up_status, now)
+        self.layer.abandon(branch.key)
+
+    def _branch_failed(self, branch: _Branch, status: int, now: float) -> None:
+        if branch.final:
+            return
+        branch.final = True
+        branch.timer = None
+        context = branch.context
+        if not context.final_sent:
+            context.responses.append(make_response(context.request, status))
+        self._maybe_finish(context, now)
+
+    def _arm(self, branch: _Branch, deadline: float) -> None:
+        self._token += 1
+        branch.timer = self._token
+        heapq.heappush(self._heap, (deadline, self._token, branch.key))
+        if len(self._heap) > 1024 and len(self._heap) > 4 * len(self._branches):
+            # Drop entries of stopped timers so the heap stays bounded by live branches.
+            self._heap = [
+                e for e in self._heap if (b := self._branches.get(e[2])) and b.timer == e[1]
+            ]
+            heapq.heapify(self._heap)
+
+    # -- 16.11: ACK for a 2xx --
+
+    def _on_ack(self, ack: Request, source: Address) -> None:
+        """An ACK for a 2xx is its own transaction end to end: forward it statelessly along
+        its Route set (16.11), with a branch that is the same for its retransmissions."""
+        try:
+            max_forwards = ack.header_int("Max-Forwards", 255)
+            if max_forwards == 0 or self._is_loop(ack):
+                return  # an ACK is never answered
+            routed = self._process_route(ack)
+        except ProtocolError:
+            return
+        if self.config.is_local(routed.uri) and routed.headers.get("Route") is None:
+            return  # the ACK is for us (a 2xx we generated)
+        headers = routed.headers.replaced(
+            "Max-Forwards",
+            [str(DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards - 1)],
+        )
+        copy, next_hop_uri = _postprocess_routing(routed.with_headers(headers))
+        destination = self.resolver(next_hop_uri)
+        if destination is None:
+            return
+        top = ack.top_via
+        branch = BRANCH_MAGIC_COOKIE + _digest(
+            "ack", top.branch or "", top.host, str(top.port), ack.call_id, str(ack.cseq.number)
+        )
+        via = f"SIP/2.0/{destination.transport} {self.config.sent_by};branch={branch}"
+        self.layer.send_stateless(
+            copy.with_headers(copy.headers.prepended("Via", via)), destination
+        )
+
+    # -- bookkeeping --
+
+    def _on_terminated(self, key: TransactionKey) -> None:
+        branch = self._branches.pop(key, None)
+        if branch is not None:
+            branch.timer = None
+            context = branch.context
+            if not context.server_alive and not self._has_live_branch(context):
+                self._contexts.pop(context.server_key, None)
+            return
+        server_context = self._contexts.get(key)
+        if server_context is not None:
+            server_context.server_alive = False
+            if not self._has_live_branch(server_context):
+                del self._contexts[key]
+
+    def _has_live_branch(self, context: _Context) -> bool:
+        return any(b.key in self._branches for b in context.branches)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _default_port(scheme: str) -> int:
+    return 5061 if scheme == "sips" else 5060
+
+
+def _same_host_port(a: SipUri, b: SipUri) -> bool:
+    a_port = a.port if a.port is not None else _default_port(a.scheme)
+    b_port = b.port if b.port is not None else _default_port(b.scheme)
+    return a.host.lower().rstrip(".") == b.host.lower().rstrip(".") and a_port == b_port
+
+
+def _postprocess_routing(request: Request) -> tuple[Request, Uri]:
+    """16.6 items 6 and 7: if the next Route is a strict router (no `lr`), it becomes the
+    Request-URI and the Request-URI goes last in Route; the next hop is the first Route value,
+    else the Request-URI."""
+    routes = request.headers.get_all("Route")
+    if not routes:
+        return request, request.uri
+    first = parse_name_addr(routes[0], "Route").uri
+    if isinstance(first, SipUri) and first.param("lr") is not None:
+        return request, first
+    rewritten = [*routes[1:], f"<{request.uri}>"]
+    return request.with_uri(first).with_headers(request.headers.replaced("Route", rewritten)), first
+
+
+def _digest(*parts: str) -> str:
+    """A short stable hash: branch parts must be tokens (25.1) and the same on every run."""
+    data = "\x00".join(parts).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(data).hexdigest()[:20]
+
+
+def _loop_hash(request: Request) -> str:
+    """The part of our branch that detects loops (16.6 item 8, RFC 5393 section 4.2): the
+    fields a request keeps when it comes back to us unchanged, as received."""
+    h = request.headers
+    from_tag = request.from_.tag or ""
+    to_tag = request.to.tag or ""
+    return _digest(
+        str(request.uri),
+        from_tag,
+        to_tag,
+        request.call_id,
+        str(request.cseq.number),
+        "|".join(h.get_all("Route")),
+        "|".join(h.get_all("Proxy-Require")),
+        "|".join(h.get_all("Proxy-Authorization")),
+    )[:12]
+
+
+def _branch_hash(context: _Context, target: Target, index: int) -> str:
+    """The per-branch part: derived from the server transaction, so a retransmitted request
+    maps to the same branch (16.6 item 8), and from the target."""
+    key = context.server_key
+    return _digest(key.branch, key.sent_by, key.method, *key.legacy, str(target.uri), str(index))[
+        :16
+    ]
+
+
+def _to_tag(context: _Context) -> str:
+    """The To tag of responses the proxy generates for this request (8.2.6.2): stable across
+    the transaction's lifetime, unique per server transaction."""
+    key = context.server_key
+    return _digest("to-tag", key.branch, key.sent_by, key.method, *key.legacy)[:16]
+
+
+def _aggregate_challenges(best: Response, responses: Sequence[Response]) -> Response:
+    """16.7 item 7: the chosen 401/407 carries every WWW-/Proxy-Authenticate of every 401 and
+    407 in the context, unchanged."""
+    headers = best.headers.without(*_AUTH_CHALLENGES)
+    for response in responses:
+        if response.status_code in (401, 407):
+            for name, value in response.headers:
+                if name.lower() in ("www-authenticate", "proxy-authenticate"):
+                    headers = headers.appended(name, value)
+    return best.with_headers(headers)
