@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ims.cli import demo, dns, sip
+from ims.cli import demo, dns, mno, sip, subscriber
 
 # Each module exposes `register(subparsers)`; its parsers set `func(args) -> int`.
-_COMMANDS = (sip, dns, demo)
+_COMMANDS = (sip, dns, mno, subscriber, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -586,22 +586,30 @@ class ProxyCore:
 
     def _on_ack(self, ack: Request, source: Address) -> None:
         """An ACK for a 2xx is its own transaction end to end: forward it statelessly along
-        its Route set (16.11), with a branch that is the same for its retransmissions."""
+        its Route set (16.11), with a branch that is the same for its retransmissions. The
+        router decides its target as for any request, so that routing policy (a fixed next
+        hop, a registrar lookup) applies to the ACK as it did to the INVITE."""
         try:
             max_forwards = ack.header_int("Max-Forwards", 255)
             if max_forwards == 0 or self._is_loop(ack):
                 return  # an ACK is never answered
             routed = self._process_route(ack)
+            if self.config.is_local(routed.uri) and routed.headers.get("Route") is None:
+                return  # the ACK is for us (a 2xx we generated)
+            decision = self.router(routed, source)
         except ProtocolError:
             return
-        if self.config.is_local(routed.uri) and routed.headers.get("Route") is None:
-            return  # the ACK is for us (a 2xx we generated)
+        if isinstance(decision, Response) or not decision.targets:
+            return
+        target = decision.targets[0]
         headers = routed.headers.replaced(
             "Max-Forwards",
             [str(DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards - 1)],
         )
-        copy, next_hop_uri = _postprocess_routing(routed.with_headers(headers))
-        destination = self.resolver(next_hop_uri)
+        copy, next_hop_uri = _postprocess_routing(
+            routed.with_uri(target.uri).with_headers(headers)
+        )
+        destination = target.next_hop or self.resolver(next_hop_uri)
         if destination is None:
             return
         top = ack.top_via

@@ -19,7 +19,7 @@ import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ims.sip.address import Address
 from ims.sip.dialog import with_sent_by
@@ -28,6 +28,7 @@ from ims.sip.message import Message, Request, Response, make_response
 from ims.sip.transaction import (
     AckReceived,
     CancelReceived,
+    Event,
     RequestReceived,
     ResponseReceived,
     SendMessage,
@@ -65,6 +66,16 @@ TuEvent = (
 EventHandler = Callable[[TuEvent], Awaitable[None] | None]
 """The TU: called for each event in order; a coroutine it returns runs as a task."""
 
+
+class SansIoCore(Protocol):
+    """A sans-IO TU that acts through the layer and keeps timers of its own (ProxyCore)."""
+
+    def handle_event(self, event: Event, now: float) -> None: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
 ProvisionalHandler = Callable[[Response], None]
 
 # RFC 3261 section 8.1.3.1: a timeout is treated as 408, a transport failure as 503. The
@@ -98,8 +109,12 @@ class SipStack:
         *,
         timers: TimerSettings | None = None,
         layer: TransactionLayer | None = None,
+        core: SansIoCore | None = None,
     ) -> None:
+        """`handler` gets the TU events; with a sans-IO `core` (for example a ProxyCore on
+        this stack's `layer`), the core gets them instead and its timer is driven too."""
         self._handler = handler
+        self.core = core
         # The transports deliver only messages that passed ims.sip.checks: not checked twice.
         self.layer = layer if layer is not None else TransactionLayer(timers, check_messages=False)
         self._loop = asyncio.get_running_loop()
@@ -243,6 +258,10 @@ class SipStack:
 
     def _rearm(self) -> None:
         deadline = None if self._closed else self.layer.get_timer()
+        if self.core is not None and not self._closed:
+            core_deadline = self.core.get_timer()
+            if core_deadline is not None and (deadline is None or core_deadline < deadline):
+                deadline = core_deadline
         if deadline == self._timer_deadline:
             return
         if self._timer is not None:
@@ -255,13 +274,23 @@ class SipStack:
     def _fire(self) -> None:
         self._timer = None
         self._timer_deadline = None
-        self.layer.handle_timer(self._now())
+        now = self._now()
+        self.layer.handle_timer(now)
+        if self.core is not None:
+            self.core.handle_timer(now)
         self._drain()
 
     def _send(self, event: SendMessage) -> None:
         transport = self.transport_for(event.destination)
         if transport is None:
             self._send_failed(event.message, f"no transport to {event.destination}")
+            return
+        if isinstance(transport, UdpTransport):
+            # A datagram never blocks: send now, no task per message.
+            try:
+                transport.send_now(event.message, event.destination)
+            except (TransportError, LocalProtocolError) as exc:
+                self._send_failed(event.message, str(exc))
             return
         self._spawn(self._write(transport, event.message, event.destination))
 
@@ -282,6 +311,13 @@ class SipStack:
         self._drain()
 
     def _dispatch(self, event: TuEvent) -> None:
+        if self.core is not None:
+            try:
+                self.core.handle_event(event, self._now())
+            except Exception:  # a core bug must not stop the stack
+                self.stats.handler_errors += 1
+                logger.exception("the SIP core failed on %s", type(event).__name__)
+            return
         if isinstance(event, ResponseReceived) and event.key is not None:
             waiter = self._waiters.get(event.key)
             if waiter is not None and not waiter.final.done():

@@ -73,6 +73,9 @@ class TransportSettings:
     connect_timeout: float = 5.0
     max_connections: int = 1024  # accepted and opened together
     max_write_buffer_bytes: int = 1024 * 1024  # a peer that does not read is cut off
+    # SO_REUSEPORT on UDP: several worker processes share one listening port, the kernel
+    # spreading datagrams by source (each worker also has a port of its own for its Via).
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.max_datagram_bytes <= MAX_UDP_PAYLOAD:
@@ -261,6 +264,8 @@ class UdpTransport(_Endpoint):
         try:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if settings is not None and settings.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.setblocking(False)
         except OSError as exc:
@@ -275,6 +280,10 @@ class UdpTransport(_Endpoint):
         return self
 
     async def send(self, message: Message, destination: Address) -> None:
+        self.send_now(message, destination)
+
+    def send_now(self, message: Message, destination: Address) -> None:
+        """Send without awaiting: a datagram never blocks (the stack's fast path)."""
         self._sendto(serialize(message), self._endpoint(destination))
 
     def _sendto(self, data: bytes, endpoint: tuple[str, int]) -> None:
