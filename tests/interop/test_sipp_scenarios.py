@@ -132,7 +132,7 @@ def test_called_ua_answers_sipp_builtin_uac_with_100_180_200_sdp(tmp_path: Path)
     for line in ("SIP/2.0 100 Trying", "SIP/2.0 180 Ringing", "Content-Type: application/sdp"):
         assert line in trace
     # RFC 3264 section 6: the answer mirrors the offer's one m= line (audio, RTP/AVP 0 here).
-    assert "m=audio 6000 RTP/AVP 0" in trace
+    assert "m=audio 40000 RTP/AVP 0" in trace
 
 
 def test_called_ua_behind_kamailio_copies_record_route_rfc3261_12_1_1(tmp_path: Path) -> None:
