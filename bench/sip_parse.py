@@ -17,9 +17,9 @@ INVITE = (
     b"Max-Forwards: 69\r\n"
     b"Record-Route: <sip:127.0.1.1:5100;lr>\r\n"
     b"Route: <sip:127.0.1.2:5102;lr>\r\n"
-    b"Contact: <sip:bill@127.0.0.1:40000;ob>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\"\r\n"
+    b'Contact: <sip:bill@127.0.0.1:40000;ob>;+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"\r\n'
     b"To: <tel:+15550100002>\r\n"
-    b"From: \"Bill\" <sip:+15550100001@ims.mnc001.mcc001.3gppnetwork.org>;tag=4fa3\r\n"
+    b'From: "Bill" <sip:+15550100001@ims.mnc001.mcc001.3gppnetwork.org>;tag=4fa3\r\n'
     b"Call-ID: 0ha0isndaksdj@127.0.0.1\r\n"
     b"CSeq: 1 INVITE\r\n"
     b"P-Asserted-Identity: <sip:+15550100001@ims.mnc001.mcc001.3gppnetwork.org>\r\n"

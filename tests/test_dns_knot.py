@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +22,8 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
+from bench import ToolMissing
+from bench.knot import KnotServer, find_knotd
 from ims.dns.errors import LookupFailure
 from ims.dns.locator import Locator, LocatorConfig
 from ims.dns.resolution import ServerTarget
@@ -35,91 +33,21 @@ from ims.dns.worlds import SUBSCRIBERS, WORLDS
 pytestmark = pytest.mark.interop
 
 ROOT = Path(__file__).resolve().parents[1]
-KNOTD = shutil.which("knotd") or ("/usr/sbin/knotd" if Path("/usr/sbin/knotd").exists() else None)
-
-
-def _free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1 (bounded attempts)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free loopback port for knotd")
-
-
 @dataclass(frozen=True)
 class Knot:
     port: int
     zones: Path
 
 
-def _start_knot(zones: Path, tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
-    assert KNOTD is not None
-    port = _free_port()
-    (tmp / "db").mkdir(exist_ok=True)
-    zone_lines = "\n".join(
-        f"  - domain: {p.name.removesuffix('.zone')}\n    file: {p.name}"
-        for p in sorted(zones.glob("*.zone"))
-    )
-    conf = tmp / "knot.conf"
-    conf.write_text(
-        "server:\n"
-        f'    rundir: "{tmp}"\n'
-        f"    listen: 127.0.0.1@{port}\n"
-        "    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n"
-        f'database:\n    storage: "{tmp / "db"}"\n'
-        "log:\n  - target: stderr\n    any: warning\n"
-        "template:\n  - id: default\n"
-        f'    storage: "{zones}"\n'
-        "    semantic-checks: on\n    zonefile-sync: -1\n    zonefile-load: whole\n"
-        "    journal-content: none\n"
-        f"zone:\n{zone_lines}\n"
-    )
-    log = (tmp / "knotd.log").open("wb")
-    process = subprocess.Popen([KNOTD, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    return process, port
-
-
-def _wait_ready(process: subprocess.Popen[bytes], port: int, tmp: Path) -> None:
-    """Until knotd answers the SOA of every zone authoritatively (bounded: 10 s)."""
-    deadline = time.monotonic() + 10
-    query = dns.message.make_query("e164.arpa.", "SOA")
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"knotd exited: {(tmp / 'knotd.log').read_text()}")
-        try:
-            response = dns.query.udp(query, "127.0.0.1", port=port, timeout=0.3)
-            if response.rcode() == dns.rcode.NOERROR and response.flags & dns.flags.AA:
-                return
-        except (TimeoutError, OSError, dns.exception.DNSException):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"knotd did not answer in 10 s: {(tmp / 'knotd.log').read_text()}")
-
-
 @pytest.fixture(scope="module", params=sorted(WORLDS))
 def knot(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Knot]:
-    if KNOTD is None:
-        pytest.skip("knotd not found (Debian package knot)")
-    zones = ROOT / "dns_zones" / request.param
-    tmp = tmp_path_factory.mktemp(f"knot-{request.param}")
-    process, port = _start_knot(zones, tmp)
     try:
-        _wait_ready(process, port, tmp)
-        yield Knot(port, zones)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        find_knotd()
+    except ToolMissing as missing:
+        pytest.skip(str(missing))
+    zones = ROOT / "dns_zones" / request.param
+    with KnotServer(zones, tmp_path_factory.mktemp(f"knot-{request.param}")) as server:
+        yield Knot(server.port, zones)
 
 
 Outcome = str | list[ServerTarget]
