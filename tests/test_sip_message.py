@@ -121,7 +121,7 @@ def test_rfc3261_8_2_2_wrong_version_is_505() -> None:
         (b"INV ITE\r\n\r\n", "malformed start line"),
         (b"INVITE sip:a@example.com SIP/2.0x\r\n\r\n", "SIP-Version"),
         (b"SIP/2.0 99 Odd\r\n\r\n", "Status-Code"),
-        (b"INVITE sip:bob@example.com SIP/2.0\r\nTo: x\r\n", "missing empty line"),
+        (b"INVITE sip:bob@example.com SIP/2.0\r\nTo: x", "missing empty line"),
         (b"", "empty"),
     ],
 )
@@ -227,3 +227,10 @@ def test_rfc3261_8_2_6_make_response_copies_and_tags() -> None:
     assert resp.headers.get_all("Via") == req.headers.get_all("Via")
     assert resp.headers.get("Content-Length") == "0"
     assert make_response(req, 100, to_tag="t1").to.tag is None  # no tag on 100 (8.2.6.2)
+
+
+def test_datagram_without_the_empty_line_reads_as_bodiless() -> None:
+    # A datagram's end is the message's end; complete header lines are still a message, so
+    # an element reports the defect that matters instead (RFC 4475 3.1.2.15 baddn).
+    m = parse_message(INVITE.split(b"\r\n\r\n")[0].replace(b"Content-Length: 4", b"Content-Length: 0") + b"\r\n")
+    assert m.body == b"" and m.headers.get("Content-Length") == "0"

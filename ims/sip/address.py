@@ -50,8 +50,37 @@ def address_of_uri(uri: Uri, default_transport: str = "UDP") -> Address:
 
 
 def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    return ip_version(host) is not None
+
+
+def _is_canonical_ipv4(host: str) -> bool:
+    """A dotted quad as `ipaddress` prints it: four decimal octets, no leading zeros. Checked
+    by hand because this runs for every datagram sent and received, and `ipaddress` costs
+    several times more; anything else takes the `ipaddress` path."""
+    parts = host.split(".")
+    if len(parts) != 4:
         return False
+    for part in parts:
+        if not (0 < len(part) <= 3 and part.isdigit() and part.isascii()):
+            return False
+        if (part[0] == "0" and len(part) > 1) or int(part) > 255:
+            return False
     return True
+
+
+def ip_version(host: str) -> int | None:
+    """4 or 6 when `host` is an IP literal (without brackets), None for a name."""
+    if _is_canonical_ipv4(host):
+        return 4
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def canonical_ip(host: str) -> str:
+    """The IP literal `host` in its canonical text form (IPv6 compressed, lower case); raises
+    ValueError for anything that is not an IP literal."""
+    if _is_canonical_ipv4(host):
+        return host
+    return ipaddress.ip_address(host).compressed

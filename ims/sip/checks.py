@@ -17,7 +17,6 @@ from ims.sip.errors import ParseError, ProtocolError
 from ims.sip.headers import (
     SINGLE_HEADERS,
     canonical_name,
-    parse_cseq,
     parse_name_addr,
     parse_uint,
     parse_via,
@@ -77,24 +76,28 @@ def validate(message: Message) -> None:
             raise ParseError(f"missing {name} header")
     _check_singles(h)
 
-    for value in h.get_all("Via"):
-        parse_via(value)
-    for name in ("To", "From"):
-        single = h.get(name)
-        if single is not None:
-            parse_name_addr(single, name)
+    # The structured headers are parsed through the message's views, which remember what they
+    # parsed: the layers above read the same Via, From, To, CSeq and Route without parsing
+    # them again.
+    message.vias  # noqa: B018 - parsing is the check
+    message.to  # noqa: B018
+    message.from_  # noqa: B018
     call_id = h.get("Call-ID")
     if call_id is not None and not _CALLID_RE.fullmatch(call_id):
         raise ParseError("malformed Call-ID header")
-    cseq = parse_cseq(h.get("CSeq") or "")
+    cseq = message.cseq
     if isinstance(message, Request) and cseq.method != message.method:
         # Section 8.1.1.5 / 8.2: the CSeq method MUST match the Request-Line method.
         raise ParseError("CSeq method does not match the request method")
-    for name in ("Contact", "Route", "Record-Route", "Path", "Service-Route"):
-        for value in h.get_all(name):
-            if name == "Contact" and value.strip() == "*":
-                continue
-            parse_name_addr(value, name)
+    contacts = h.get_all("Contact")
+    if any(value.strip() == "*" for value in contacts):
+        for value in contacts:
+            if value.strip() != "*":
+                parse_name_addr(value, "Contact")
+    elif contacts:
+        message.name_addrs("Contact")
+    for name in ("Route", "Record-Route", "Path", "Service-Route"):
+        message.name_addrs(name)
     max_forwards = h.get("Max-Forwards")
     if max_forwards is not None:
         parse_uint(max_forwards, "Max-Forwards", 255)  # section 20.22: 0-255 in practice
@@ -116,6 +119,8 @@ def validate(message: Message) -> None:
 
 
 def _check_singles(h: Headers) -> None:
+    if len(h.names()) == len(h):
+        return  # no name repeats at all
     seen: set[str] = set()
     for name, _ in h:
         lname = name.lower()

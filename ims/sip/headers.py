@@ -21,7 +21,7 @@ from ims.sip.uri import (
     params_with,
     params_without,
     parse_uri,
-    split_hostport,
+    validate_host,
 )
 
 # RFC 3261 section 7.3.3 and the IANA registry: compact form -> full name.
@@ -212,8 +212,13 @@ def parse_via(value: str) -> Via:
     if m is None:
         raise ParseError(f"malformed Via header {value.strip()!r}")
     name, version, transport, host, port_text = m.groups()
-    hostport = host if port_text is None else f"{host}:{port_text}"
-    host, port = split_hostport(hostport, "Via sent-by")
+    # The pattern already split host and port: check each as split_hostport would.
+    validate_host(host, "Via sent-by")
+    port: int | None = None
+    if port_text is not None:
+        if not port_text.isascii() or int(port_text) > 65535:
+            raise ParseError(f"invalid port {port_text!r} in 'Via sent-by'")
+        port = int(port_text)
     params = parse_params(value[m.end() :], "Via")
     for key, pval in params:
         k = key.lower()

@@ -4,7 +4,9 @@
 cut) and returns a Request or Response, raising ParseError (400) or VersionNotSupported (505)
 with a reason that names the defect. Header values are stored as text, list-valued headers one
 value per entry, so `parse_message(serialize(m)) == m`. Structured views (Via, CSeq, From...)
-are parsed on demand by ims.sip.headers.
+are parsed on demand by ims.sip.headers and remembered: a message parses each header value at
+most once, and a message derived with `with_headers` / `with_uri` / `with_body` shares what its
+parent already parsed (keyed by the header value, so a changed value is parsed afresh).
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from ims.sip import abnf
 from ims.sip.errors import MessageTooLarge, ParseError, VersionNotSupported
 from ims.sip.headers import (
+    CANONICAL_NAMES,
     LIST_HEADERS,
     CSeq,
     NameAddress,
@@ -38,12 +42,47 @@ _METHOD_RE = re.compile(abnf.token)
 _FOLD_RE = re.compile(r"\r?\n[ \t]+")
 _REASON_RE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
+_M = TypeVar("_M", bound="_MessageViews")
+
+_Index = dict[str, str | list[str]]
+
+# Header names as they usually arrive (registered spelling, lower case, compact form) -> the
+# registered name and its lower-case form, one shared string each: the parser and the lookup
+# index skip lower() for them, and messages kept in transactions do not each hold copies.
+_NAME_FORMS: dict[str, tuple[str, str]] = {}
+for _lname, _cname in CANONICAL_NAMES.items():
+    _forms = (_cname, _cname.lower())
+    _NAME_FORMS[_lname] = _forms
+    _NAME_FORMS[_cname] = _forms
+    _NAME_FORMS[_cname.lower()] = _forms
+del _lname, _cname, _forms
+# Registered names as spelled in stored fields -> their shared lower-case form (no compact
+# forms: a field stored as "v" is looked up as "v", as a scan would).
+_LOWER_NAMES: dict[str, str] = {
+    spelling: forms[1] for spelling, forms in _NAME_FORMS.items() if spelling.lower() == forms[1]
+}
+
+
+def _index_add(index: _Index, lname: str, value: str) -> None:
+    known = index.get(lname)
+    if known is None:
+        index[lname] = value
+    elif isinstance(known, str):
+        index[lname] = [known, value]
+    else:
+        known.append(value)
+
 
 @dataclass(frozen=True, slots=True)
 class Headers:
     """An ordered, immutable list of (name, value) header fields; lookups ignore case."""
 
     items: tuple[tuple[str, str], ...] = ()
+    # Lower-cased name -> its value, or its values in order when it repeats; built on the
+    # first lookup (or by the parser): a proxy looks up a dozen names per message, and a scan
+    # lower-casing every field each time dominated. A lone value is stored bare because
+    # messages live on in transactions and most names occur once.
+    _index: _Index | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     @classmethod
     def of(cls, *pairs: tuple[str, str]) -> Headers:
@@ -55,33 +94,82 @@ class Headers:
     def __len__(self) -> int:
         return len(self.items)
 
+    def _lookup(self) -> _Index:
+        index: _Index = {}
+        lower_names = _LOWER_NAMES
+        for n, v in self.items:
+            _index_add(index, lower_names.get(n) or n.lower(), v)
+        object.__setattr__(self, "_index", index)  # a cache, not state: see the field
+        return index
+
+    def names(self) -> frozenset[str]:
+        """The distinct field names present, lower-cased."""
+        return frozenset(self._index if self._index is not None else self._lookup())
+
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        lname = name.lower()
-        return any(n.lower() == lname for n, _ in self.items)
+        index = self._index if self._index is not None else self._lookup()
+        return name.lower() in index
 
     def get(self, name: str) -> str | None:
-        lname = name.lower()
-        for n, v in self.items:
-            if n.lower() == lname:
-                return v
-        return None
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(name.lower())
+        if values is None or type(values) is str:
+            return values
+        return values[0]
 
     def get_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for n, v in self.items if n.lower() == lname]
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(name.lower())
+        if values is None:
+            return []
+        if isinstance(values, str):
+            return [values]
+        return values.copy()
 
     def count(self, name: str) -> int:
-        lname = name.lower()
-        return sum(1 for n, _ in self.items if n.lower() == lname)
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(name.lower())
+        if values is None:
+            return 0
+        return 1 if type(values) is str else len(values)
+
+    def _edited(self, items: tuple[tuple[str, str], ...], lname: str, values: list[str]) -> Headers:
+        """Headers with `items`, which differ from ours only in the fields named `lname` (lower
+        case), now `values` in order: our lookup index is carried over, not rebuilt."""
+        headers = Headers(items)
+        index = self._index
+        if index is not None:
+            edited = index.copy()  # lists are never changed once built: sharing them is safe
+            if not values:
+                edited.pop(lname, None)
+            else:
+                edited[lname] = values[0] if len(values) == 1 else values
+            object.__setattr__(headers, "_index", edited)
+        return headers
+
+    def _values(self, lname: str) -> list[str]:
+        index = self._index if self._index is not None else self._lookup()
+        values = index.get(lname)
+        if values is None:
+            return []
+        return [values] if isinstance(values, str) else values
 
     def without(self, *names: str) -> Headers:
         lnames = {n.lower() for n in names}
-        return Headers(tuple(item for item in self.items if item[0].lower() not in lnames))
+        headers = Headers(tuple(item for item in self.items if item[0].lower() not in lnames))
+        index = self._index
+        if index is not None:
+            object.__setattr__(
+                headers, "_index", {k: v for k, v in index.items() if k not in lnames}
+            )
+        return headers
 
     def appended(self, name: str, value: str) -> Headers:
-        return Headers((*self.items, (canonical_name(name), value)))
+        cname = canonical_name(name)
+        lname = cname.lower()
+        return self._edited((*self.items, (cname, value)), lname, [*self._values(lname), value])
 
     def prepended(self, name: str, value: str) -> Headers:
         """Insert `value` before the first field of that name (or at the top if none)."""
@@ -90,8 +178,10 @@ class Headers:
         for i, (n, _) in enumerate(items):
             if n.lower() == lname:
                 items.insert(i, (n, value))
-                return Headers(tuple(items))
-        return Headers(((canonical_name(name), value), *items))
+                return self._edited(tuple(items), lname, [value, *self._values(lname)])
+        cname = canonical_name(name)
+        clname = cname.lower()
+        return self._edited(((cname, value), *items), clname, [value, *self._values(clname)])
 
     def replaced(self, name: str, values: Iterable[str]) -> Headers:
         """All fields named `name` replaced by `values`, at the position of the first one."""
@@ -109,7 +199,9 @@ class Headers:
                 out.append(item)
         if not placed:
             out.extend(new)
-        return Headers(tuple(out))
+        if cname.lower() != lname:  # a compact form: the new fields are filed under another name
+            return Headers(tuple(out))
+        return self._edited(tuple(out), lname, [v for _, v in new])
 
     def without_first(self, name: str) -> Headers:
         lname = name.lower()
@@ -117,26 +209,105 @@ class Headers:
         for i, (n, _) in enumerate(items):
             if n.lower() == lname:
                 del items[i]
-                break
+                return self._edited(tuple(items), lname, self._values(lname)[1:])
         return Headers(tuple(items))
+
+
+class ParsedValues:
+    """Header values already parsed, by their text (Via, CSeq, name-addr headers).
+
+    Parsing is a pure function of the value, so one memo is right for any message whose
+    header carries that text: a message and the messages derived from it share one, and a
+    transport may hand one to `parse_message` for everything it receives, since the messages
+    of a transaction or dialog repeat their From, To, Call-ID and Route values. Each kind is
+    bounded by `limit` entries; a full one starts afresh (only speed depends on it).
+    """
+
+    __slots__ = ("_cseqs", "_limit", "_name_addrs", "_uris", "_vias")
+
+    def __init__(self, limit: int = 64) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        self._limit = limit
+        self._vias: dict[str, Via] = {}
+        self._name_addrs: dict[str, NameAddress] = {}
+        self._cseqs: dict[str, CSeq] = {}
+        self._uris: dict[str, Uri] = {}
+
+    def __len__(self) -> int:
+        return len(self._vias) + len(self._name_addrs) + len(self._cseqs) + len(self._uris)
+
+    def uri(self, value: str) -> Uri:
+        uri = self._uris.get(value)
+        if uri is None:
+            uri = parse_uri(value)
+            if len(self._uris) >= self._limit:
+                self._uris.clear()
+            self._uris[value] = uri
+        return uri
+
+    def via(self, value: str) -> Via:
+        via = self._vias.get(value)
+        if via is None:
+            via = parse_via(value)
+            if len(self._vias) >= self._limit:
+                self._vias.clear()
+            self._vias[value] = via
+        return via
+
+    def name_addr(self, value: str, where: str) -> NameAddress:
+        """The name-addr / addr-spec `value`; `where` names the header in a ParseError."""
+        name_addr = self._name_addrs.get(value)
+        if name_addr is None:
+            name_addr = parse_name_addr(value, where)
+            if len(self._name_addrs) >= self._limit:
+                self._name_addrs.clear()
+            self._name_addrs[value] = name_addr
+        return name_addr
+
+    def cseq(self, value: str) -> CSeq:
+        cseq = self._cseqs.get(value)
+        if cseq is None:
+            cseq = parse_cseq(value)
+            if len(self._cseqs) >= self._limit:
+                self._cseqs.clear()
+            self._cseqs[value] = cseq
+        return cseq
 
 
 class _MessageViews:
     """Structured views shared by requests and responses."""
 
+    __slots__ = ()
+
     headers: Headers
     body: bytes
+    _parsed: ParsedValues | None
+
+    @property
+    def _memo(self) -> ParsedValues:
+        memo = self._parsed
+        if memo is None:  # made on first use: many messages are built and sent unread
+            memo = ParsedValues()
+            object.__setattr__(self, "_parsed", memo)
+        return memo
+
+    def _derived(self, derived: _M) -> _M:
+        """`derived`, a copy of this message with some part changed, sharing the memo."""
+        object.__setattr__(derived, "_parsed", self._memo)
+        return derived
 
     @property
     def vias(self) -> list[Via]:
-        return [parse_via(v) for v in self.headers.get_all("Via")]
+        parsed = self._memo
+        return [parsed.via(v) for v in self.headers.get_all("Via")]
 
     @property
     def top_via(self) -> Via:
         value = self.headers.get("Via")
         if value is None:
             raise ParseError("missing Via header")
-        return parse_via(value)
+        return self._memo.via(value)
 
     @property
     def call_id(self) -> str:
@@ -150,24 +321,25 @@ class _MessageViews:
         value = self.headers.get("CSeq")
         if value is None:
             raise ParseError("missing CSeq header")
-        return parse_cseq(value)
+        return self._memo.cseq(value)
 
     @property
     def from_(self) -> NameAddress:
         value = self.headers.get("From")
         if value is None:
             raise ParseError("missing From header")
-        return parse_name_addr(value, "From")
+        return self._memo.name_addr(value, "From")
 
     @property
     def to(self) -> NameAddress:
         value = self.headers.get("To")
         if value is None:
             raise ParseError("missing To header")
-        return parse_name_addr(value, "To")
+        return self._memo.name_addr(value, "To")
 
     def name_addrs(self, name: str) -> list[NameAddress]:
-        return [parse_name_addr(v, name) for v in self.headers.get_all(name)]
+        parsed = self._memo
+        return [parsed.name_addr(v, name) for v in self.headers.get_all(name)]
 
     def header_int(self, name: str, maximum: int = 2**32 - 1) -> int | None:
         value = self.headers.get(name)
@@ -181,18 +353,24 @@ class Request(_MessageViews):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
+    _parsed: ParsedValues | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
+    # The derived copies are built by the constructor rather than dataclasses.replace: a proxy
+    # derives several per forwarded message, and replace() introspects the fields each time.
     def with_headers(self, headers: Headers) -> Request:
-        return replace(self, headers=headers)
+        return self._derived(Request(self.method, self.uri, headers, self.body, self.version))
 
     def with_uri(self, uri: Uri) -> Request:
-        return replace(self, uri=uri)
+        return self._derived(Request(self.method, uri, self.headers, self.body, self.version))
 
     def with_body(self, body: bytes, content_type: str | None = None) -> Request:
-        return replace(self, body=body, headers=_body_headers(self.headers, body, content_type))
+        headers = _body_headers(self.headers, body, content_type)
+        return self._derived(Request(self.method, self.uri, headers, body, self.version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,15 +380,23 @@ class Response(_MessageViews):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
     version: str = SIP_VERSION
+    _parsed: ParsedValues | None = field(
+        default=None, init=False, repr=False, compare=False, hash=False
+    )
 
     def start_line(self) -> str:
         return f"{self.version} {self.status_code} {self.reason}"
 
     def with_headers(self, headers: Headers) -> Response:
-        return replace(self, headers=headers)
+        return self._derived(
+            Response(self.status_code, self.reason, headers, self.body, self.version)
+        )
 
     def with_body(self, body: bytes, content_type: str | None = None) -> Response:
-        return replace(self, body=body, headers=_body_headers(self.headers, body, content_type))
+        headers = _body_headers(self.headers, body, content_type)
+        return self._derived(
+            Response(self.status_code, self.reason, headers, body, self.version)
+        )
 
     @property
     def is_provisional(self) -> bool:
@@ -231,8 +417,8 @@ def _body_headers(headers: Headers, body: bytes, content_type: str | None) -> He
 
 def serialize(message: Message) -> bytes:
     """The wire form: start line, one header field per line, blank line, body (section 7)."""
-    lines = [message.start_line()]
-    lines.extend(f"{name}: {value}" for name, value in message.headers.items)
+    lines = [f"{name}: {value}" for name, value in message.headers.items]
+    lines.insert(0, message.start_line())
     head = "\r\n".join(lines) + "\r\n\r\n"
     return head.encode("utf-8", "surrogateescape") + message.body
 
@@ -245,8 +431,9 @@ def _split_head(data: bytes) -> tuple[bytes, bytes]:
     if end >= 0:
         return data[:end], data[end + 2 :]
     if data.endswith(b"\r\n"):
-        # No empty line at all: legal-looking headers but no end of the header block.
-        raise ParseError("missing empty line after the header fields")
+        # A datagram ends where the datagram ends: complete header lines with the empty line
+        # missing are read as a message without body, so the defect that matters is reported.
+        return data[:-2], b""
     raise ParseError("missing empty line after the header fields")
 
 
@@ -265,15 +452,20 @@ def _check_version(version: str) -> str:
     return SIP_VERSION
 
 
-def parse_message(data: bytes) -> Message:
-    """Parse exactly one SIP message; raise ParseError (or a subclass) naming the defect."""
+def parse_message(data: bytes, *, memo: ParsedValues | None = None) -> Message:
+    """Parse exactly one SIP message; raise ParseError (or a subclass) naming the defect.
+
+    `memo` is where the message's structured views keep what they parse (a fresh one when
+    None); a transport passes one memo for all it receives (see ParsedValues)."""
     data = data.lstrip(b"\r\n")  # section 7.5: ignore CRLFs before the start line
     if not data:
         raise ParseError("empty message")
     head_bytes, body = _split_head(data)
     head = head_bytes.decode("utf-8", "surrogateescape")
     # Section 7.3.1: a line starting with whitespace continues the previous one.
-    lines = _FOLD_RE.sub(" ", head).replace("\r\n", "\n").split("\n")
+    if "\n " in head or "\n\t" in head:
+        head = _FOLD_RE.sub(" ", head)
+    lines = head.replace("\r\n", "\n").split("\n")
     start = lines[0]
     if "\r" in start or "\t" in start:
         raise ParseError("malformed start line: control character")
@@ -281,24 +473,41 @@ def parse_message(data: bytes) -> Message:
         raise MessageTooLarge(f"more than {MAX_HEADER_FIELDS} header fields")
 
     items: list[tuple[str, str]] = []
+    index: _Index = {}  # Headers' lookup index, built here in the same pass
     for line in lines[1:]:
         name, colon, value = line.partition(":")
         name = name.rstrip(" \t")
-        if not colon or not _HEADER_NAME_RE.fullmatch(name):
-            shown = line[:60]
-            if line[:1] in (" ", "\t"):
-                raise ParseError(f"header line starts with whitespace: {shown!r}")
-            raise ParseError(f"malformed header line {shown!r}")
-        cname = canonical_name(name)
+        # A name found in _NAME_FORMS is a registered one, a token: no need for the pattern.
+        forms = _NAME_FORMS.get(name)
+        if forms is None:
+            if not colon or not _HEADER_NAME_RE.fullmatch(name):
+                shown = line[:60]
+                if line[:1] in (" ", "\t"):
+                    raise ParseError(f"header line starts with whitespace: {shown!r}")
+                raise ParseError(f"malformed header line {shown!r}")
+            forms = _NAME_FORMS.get(name.lower()) or (name, name.lower())
+        elif not colon:
+            raise ParseError(f"malformed header line {line[:60]!r}")
+        # A compact form (7.3.3) stands for its full name: both come out of _NAME_FORMS.
+        cname, lname = forms
         value = value.strip(" \t")
         if "\r" in value:
             raise ParseError(f"bare CR in {cname} header")
-        if cname.lower() in LIST_HEADERS and "," in value:
-            parts = [p for p in split_list(value) if p]
-            items.extend((cname, p) for p in parts)
+        if "," in value and lname in LIST_HEADERS:
+            for part in split_list(value):
+                if part:
+                    items.append((cname, part))
+                    _index_add(index, lname, part)
         else:
             items.append((cname, value))
+            if lname in index:
+                _index_add(index, lname, value)
+            else:
+                index[lname] = value
     headers = Headers(tuple(items))
+    object.__setattr__(headers, "_index", index)
+    if memo is None:
+        memo = ParsedValues()
 
     first, second, rest = _parse_start_line(start)
     message: Message
@@ -318,7 +527,7 @@ def parse_message(data: bytes) -> Message:
         if second.startswith("<"):
             raise ParseError("Request-URI enclosed in <>")
         try:
-            uri = parse_uri(second)
+            uri = memo.uri(second)
         except ParseError as exc:
             raise ParseError(f"malformed Request-URI: {exc.reason}") from None
         if isinstance(uri, SipUri) and uri.headers:
@@ -333,6 +542,7 @@ def parse_message(data: bytes) -> Message:
         text = length_text.strip()
         if text.isdigit() and text.isascii() and int(text) < len(body):
             message = replace(message, body=body[: int(text)])
+    object.__setattr__(message, "_parsed", memo)
     return message
 
 

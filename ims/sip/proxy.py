@@ -41,9 +41,10 @@ from ims.sip.transaction import (
     make_cancel,
     response_destination,
 )
-from ims.sip.uri import SipUri, Uri
+from ims.sip.uri import SipUri, TelUri, Uri
 
 __all__ = [
+    "Defer",
     "Forward",
     "ProxyConfig",
     "ProxyCore",
@@ -120,24 +121,59 @@ class Target:
 
     uri: Uri
     next_hop: Address | None = None
+    # Route values for this branch only, replacing the request's (RFC 3327 section 5.3: a
+    # registrar's stored Path becomes the Route towards that contact).
+    route: tuple[str, ...] | None = None
+
+
+ResponseRewrite = Callable[[Response], Response]
+"""A role's edit of each response of a branch before it goes upstream (e.g. a border folding
+internal Record-Route entries, a P-CSCF learning Service-Route); may raise ProtocolError."""
 
 
 @dataclass(frozen=True, slots=True)
 class Forward:
     """The routing decision to proxy the request to `targets` in parallel (16.6).
 
-    `record_route` asks to stay on the path of the dialog (16.6 item 4); `extra_headers` are
-    added to every forwarded copy (16.6 item 5, e.g. P-Asserted-Identity)."""
+    `record_route` asks to stay on the path of the dialog (16.6 item 4), with
+    `record_route_uri` (plus `lr`) instead of the proxy's own URI when set; `extra_headers` are
+    added to every forwarded copy (16.6 item 5, e.g. P-Asserted-Identity). `request` is the
+    request as the role rewrote it (Route set, identity headers), None for the one it was given.
+    `hide_vias` sends only our Via downstream and rebuilds upstream responses' Vias from the
+    received request (topology hiding at a border). `rewrite_response` edits every response of
+    the branches before it goes upstream."""
 
     targets: tuple[Target, ...]
     record_route: bool = False
     extra_headers: tuple[tuple[str, str], ...] = ()
+    request: Request | None = None
+    record_route_uri: SipUri | None = None
+    hide_vias: bool = False
+    rewrite_response: ResponseRewrite | None = None
+    # RFC 3263 section 4.3: try the targets one after the other, the next on a 408 / 503 /
+    # transport failure; when all fail so, answer `exhausted` (e.g. 503 with Retry-After).
+    failover: bool = False
+    exhausted: Response | None = None
+    # A 503 from these targets speaks of what lies beyond them (an operator's own border
+    # reporting the peer operator unreachable): relayed with its Retry-After, not turned
+    # into 16.7 item 6's 500.
+    relay_503: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """The router needs an asynchronous step (a DNS lookup) first: the request waits until the
+    role calls `ProxyCore.resume(token, decision, now)`. `token` is the role's, unique among
+    deferred requests. Never for an ACK (forwarded statelessly, it cannot wait)."""
+
+    token: object
 
 
 class Router(Protocol):
-    """The role's target determination (16.5): forward, or answer with a final response."""
+    """The role's target determination (16.5): forward, answer with a final response, or
+    defer the decision."""
 
-    def __call__(self, request: Request, source: Address) -> Forward | Response: ...
+    def __call__(self, request: Request, source: Address) -> Forward | Response | Defer: ...
 
 
 Resolver = Callable[[Uri], Address | None]
@@ -182,6 +218,7 @@ class _Branch:
     cancel_pending: bool = False  # CANCEL wanted but no provisional yet (16.10)
     cancel_sent: bool = False
     cancel_reason: str | None = None  # RFC 3326 Reason for the CANCEL, when one is due
+    hide_vias: bool = False  # only our Via went downstream: rebuild upstream Vias
     give_up_status: int = 408  # the response assumed if the branch never answers (16.8)
     timer: int | None = None  # token of the Timer C / CANCEL guard heap entry
 
@@ -197,6 +234,11 @@ class _Context:
     final_sent: bool = False
     cancelled: bool = False
     server_alive: bool = True
+    rewrite_response: ResponseRewrite | None = None
+    # Serial forwarding (Forward.failover): the targets not tried yet and how to try them.
+    failover: tuple[Forward, Request, str] | None = None
+    relay_503: bool = False
+    untried: list[Target] = field(default_factory=list)
 
     @property
     def is_invite(self) -> bool:
@@ -227,6 +269,8 @@ class ProxyCore:
         self._branches: dict[TransactionKey, _Branch] = {}
         self._heap: list[tuple[float, int, TransactionKey]] = []
         self._token = 0
+        # Requests whose routing the role deferred: token -> (context, routed, loop hash).
+        self._deferred: dict[object, tuple[_Context, Request, str]] = {}
 
     # -- driver interface --
 
@@ -283,7 +327,8 @@ class ProxyCore:
         self._contexts[key] = context
         if request.method == "INVITE":
             self.layer.send_trying(key, now)  # 17.2.1; quenches the UAC's Timer A
-        rejection = self._validate(request)
+        loop_hash = _loop_hash(request)
+        rejection = self._validate(request, loop_hash)
         if rejection is not None:
             self._answer(context, *rejection, now=now)
             return
@@ -293,6 +338,41 @@ class ProxyCore:
         except ProtocolError as exc:  # a header the role needed was malformed
             self._answer(context, exc.status_code, exc.reason, now=now)
             return
+        if isinstance(decision, Defer):
+            if decision.token in self._deferred:
+                raise LocalProtocolError(f"defer token {decision.token!r} is in use")
+            self._deferred[decision.token] = (context, routed, loop_hash)
+            return
+        self._decided(context, routed, decision, loop_hash, now)
+
+    def resume(self, token: object, decision: Forward | Response, now: float) -> bool:
+        """The role's decision for a request it deferred (`Defer(token)`). False when the token
+        is unknown or the request no longer waits (answered, cancelled: then 487 here)."""
+        entry = self._deferred.pop(token, None)
+        if entry is None:
+            return False
+        context, routed, loop_hash = entry
+        if context.final_sent or not context.server_alive:
+            return False
+        if context.cancelled:
+            self._answer(context, 487, None, now=now)  # 9.2: the request was cancelled
+            return False
+        self._decided(context, routed, decision, loop_hash, now)
+        return True
+
+    @property
+    def deferred(self) -> int:
+        """How many requests wait for `resume`."""
+        return len(self._deferred)
+
+    def _decided(
+        self,
+        context: _Context,
+        routed: Request,
+        decision: Forward | Response,
+        loop_hash: str,
+        now: float,
+    ) -> None:
         if isinstance(decision, Response):
             if decision.status_code < 200:
                 raise LocalProtocolError("the router must answer with a final response")
@@ -301,14 +381,25 @@ class ProxyCore:
         if not decision.targets:
             self._answer(context, 480, "No target for the request", now=now)
             return
-        loop_hash = _loop_hash(request)
-        for index, target in enumerate(decision.targets):
-            self._fork(context, routed, target, decision, loop_hash, index, now)
+        context.rewrite_response = decision.rewrite_response
+        context.relay_503 = decision.relay_503
+        if decision.request is not None:
+            routed = decision.request
+        if decision.failover:
+            context.failover = (decision, routed, loop_hash)
+            context.untried = list(decision.targets[1:])
+            self._fork(context, routed, decision.targets[0], decision, loop_hash, 0, now)
+        else:
+            for index, target in enumerate(decision.targets):
+                self._fork(context, routed, target, decision, loop_hash, index, now)
         self._maybe_finish(context, now)
 
-    def _validate(self, request: Request) -> tuple[int, str, list[tuple[str, str]]] | None:
+    def _validate(
+        self, request: Request, loop_hash: str
+    ) -> tuple[int, str, list[tuple[str, str]]] | None:
         """Section 16.3 items 2 to 5; item 1 (syntax) was done by the layer on receipt."""
-        scheme = str(request.uri).partition(":")[0].lower()
+        uri = request.uri
+        scheme = ("tel" if isinstance(uri, TelUri) else uri.scheme).lower()
         if scheme not in self.config.uri_schemes:
             return 416, f"URI scheme {scheme} not supported", []  # item 2
         try:
@@ -317,7 +408,7 @@ class ProxyCore:
             return 400, exc.reason, []
         if max_forwards == 0:
             return 483, "Too Many Hops", []  # item 3
-        if self._is_loop(request):
+        if self._is_loop(request, loop_hash):
             return 482, "Loop Detected", []  # item 4
         unsupported = [
             tag
@@ -329,13 +420,18 @@ class ProxyCore:
             return 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]
         return None
 
-    def _is_loop(self, request: Request) -> bool:
+    def _is_loop(self, request: Request, loop_hash: str | None = None) -> bool:
         """16.3 item 4 with RFC 5393 section 4.2: one of our Vias carries the loop hash this
-        request has now, so it came back unchanged (a spiral changes the hash)."""
-        prefix = f"{BRANCH_MAGIC_COOKIE}{_loop_hash(request)}."
+        request has now, so it came back unchanged (a spiral changes the hash). The hash is
+        computed only when a Via of ours is there to compare it with."""
+        prefix: str | None = None
         for via in request.vias:
-            if self.config.is_our_via(via) and (via.branch or "").startswith(prefix):
-                return True
+            if self.config.is_our_via(via):
+                if prefix is None:
+                    digest = loop_hash if loop_hash is not None else _loop_hash(request)
+                    prefix = f"{BRANCH_MAGIC_COOKIE}{digest}."
+                if (via.branch or "").startswith(prefix):
+                    return True
         return False
 
     def _process_route(self, request: Request) -> Request:
@@ -345,13 +441,14 @@ class ProxyCore:
         if routes and self.config.is_local(request.uri):
             # The previous hop was a strict router: our Record-Route URI is the Request-URI,
             # the real one is the last Route value.
-            last = parse_name_addr(routes[-1], "Route")
+            last = request.name_addrs("Route")[-1]
             request = request.with_uri(last.uri).with_headers(
                 headers.replaced("Route", routes[:-1])
             )
         for _ in range(len(routes)):  # we may have record-routed twice (RFC 5658)
-            first = request.headers.get("Route")
-            if first is None or not self.config.is_local(parse_name_addr(first, "Route").uri):
+            if "Route" not in request.headers:
+                break
+            if not self.config.is_local(request.name_addrs("Route")[0].uri):
                 break
             request = request.with_headers(request.headers.without_first("Route"))
         return request
@@ -374,7 +471,14 @@ class ProxyCore:
             [str(DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards - 1)],
         )
         if decision.record_route:  # item 4
-            headers = headers.prepended("Record-Route", self.config.record_route)
+            value = self.config.record_route
+            if decision.record_route_uri is not None:
+                value = f"<{decision.record_route_uri.with_param('lr')}>"
+            headers = headers.prepended("Record-Route", value)
+        if decision.hide_vias:
+            headers = headers.without("Via")
+        if target.route is not None:
+            headers = headers.replaced("Route", target.route)
         for name, value in decision.extra_headers:  # item 5
             headers = headers.appended(name, value)
         copy = request.with_uri(target.uri).with_headers(headers)  # items 1, 2
@@ -393,7 +497,7 @@ class ProxyCore:
         except LocalProtocolError:  # transaction limit, or a duplicate target
             context.responses.append(make_response(context.request, 503))
             return
-        entry = _Branch(key, copy, destination, context)
+        entry = _Branch(key, copy, destination, context, hide_vias=decision.hide_vias)
         context.branches.append(entry)
         self._branches[key] = entry
         if context.is_invite:
@@ -407,9 +511,11 @@ class ProxyCore:
             if key is None:
                 self._forward_stray(response)
             return  # a response to our CANCEL, or to a branch given up on
-        upstream = response.with_headers(response.headers.without_first("Via"))  # item 3
         context = branch.context
-        code = response.status_code
+        upstream = self._upstream(branch, response)
+        if upstream is None:
+            return
+        code = upstream.status_code
         if code < 200:
             branch.provisional = True
             if branch.cancel_pending:
@@ -439,21 +545,62 @@ class ProxyCore:
             self._cancel_pending(context, now, None)  # item 5 (6xx)
         self._maybe_finish(context, now)
 
+    def _upstream(self, branch: _Branch, response: Response) -> Response | None:
+        """Item 3 (our Via removed), then the role's rewrite. A response the rewrite cannot
+        read becomes a 502 (final) or is dropped (provisional)."""
+        context = branch.context
+        headers = response.headers.without_first("Via")
+        if branch.hide_vias:
+            headers = headers.replaced("Via", context.request.headers.get_all("Via"))
+        upstream = response.with_headers(headers)
+        if context.rewrite_response is None:
+            return upstream
+        try:
+            return context.rewrite_response(upstream)
+        except ProtocolError as exc:
+            if response.status_code < 200:
+                return None
+            return make_response(context.request, 502, f"Bad Gateway ({exc.reason})")
+
     def _maybe_finish(self, context: _Context, now: float) -> None:
         """Item 6: with no branch pending, send the best response of the context."""
         if context.final_sent or context.pending():
+            return
+        if context.failover is not None and self._fail_over(context, now):
             return
         if not context.responses:
             self._answer(context, 408, None, now=now)
             return
         best = select_best_response(context.responses)
-        if best.status_code == 503:
+        if best.status_code == 503 and not context.relay_503:
             # Item 6: a 503 would make the client think this proxy is unavailable.
             self._answer(context, 500, None, now=now)
             return
         if best.status_code in (401, 407):
             best = _aggregate_challenges(best, context.responses)  # item 7
         self._send_final(context, best, now)
+
+    def _fail_over(self, context: _Context, now: float) -> bool:
+        """RFC 3263 section 4.3: the last target did not answer (408, 503, no route): try the
+        next; True while a branch is pending again or the final response was sent."""
+        assert context.failover is not None
+        decision, routed, loop_hash = context.failover
+        while (
+            context.responses
+            and context.responses[-1].status_code in (408, 503)
+            and not context.cancelled
+        ):
+            if not context.untried:
+                if decision.exhausted is None:
+                    return False
+                self._send_final(context, self._with_to_tag(context, decision.exhausted), now)
+                return True
+            target = context.untried.pop(0)
+            index = len(decision.targets) - len(context.untried) - 1
+            self._fork(context, routed, target, decision, loop_hash, index, now)
+            if context.pending():
+                return True
+        return False
 
     def _send_upstream(self, context: _Context, response: Response, now: float) -> None:
         if context.server_alive and self.layer.state(context.server_key) is not None:
@@ -525,6 +672,11 @@ class ProxyCore:
         ok = make_response(event.request, 200, to_tag=_to_tag(context))
         self.layer.send_response(event.key, ok, now)
         context.cancelled = True
+        waiting = [t for t, entry in self._deferred.items() if entry[0] is context]
+        if waiting and not context.final_sent:
+            del self._deferred[waiting[0]]  # its late resume() finds nothing to do
+            self._answer(context, 487, None, now=now)
+            return
         if not context.final_sent:
             self._cancel_pending(context, now, event.request.headers.get("Reason"))
 
@@ -599,8 +751,10 @@ class ProxyCore:
             decision = self.router(routed, source)
         except ProtocolError:
             return
-        if isinstance(decision, Response) or not decision.targets:
+        if isinstance(decision, Response | Defer) or not decision.targets:
             return
+        if decision.request is not None:
+            routed = decision.request
         target = decision.targets[0]
         headers = routed.headers.replaced(
             "Max-Forwards",
@@ -617,8 +771,9 @@ class ProxyCore:
             "ack", top.branch or "", top.host, str(top.port), ack.call_id, str(ack.cseq.number)
         )
         via = f"SIP/2.0/{destination.transport} {self.config.sent_by};branch={branch}"
+        copy_headers = copy.headers.without("Via") if decision.hide_vias else copy.headers
         self.layer.send_stateless(
-            copy.with_headers(copy.headers.prepended("Via", via)), destination
+            copy.with_headers(copy_headers.prepended("Via", via)), destination
         )
 
     # -- bookkeeping --
@@ -629,13 +784,19 @@ class ProxyCore:
             branch.timer = None
             context = branch.context
             if not context.server_alive and not self._has_live_branch(context):
-                self._contexts.pop(context.server_key, None)
+                self._drop(context)
             return
         server_context = self._contexts.get(key)
         if server_context is not None:
             server_context.server_alive = False
             if not self._has_live_branch(server_context):
-                del self._contexts[key]
+                self._drop(server_context)
+
+    def _drop(self, context: _Context) -> None:
+        """Forget a finished response context. Its branches point back at it: unlinking them
+        lets reference counting free both at once rather than the cycle collector, later."""
+        self._contexts.pop(context.server_key, None)
+        context.branches.clear()
 
     def _has_live_branch(self, context: _Context) -> bool:
         return any(b.key in self._branches for b in context.branches)
@@ -661,7 +822,7 @@ def _postprocess_routing(request: Request) -> tuple[Request, Uri]:
     routes = request.headers.get_all("Route")
     if not routes:
         return request, request.uri
-    first = parse_name_addr(routes[0], "Route").uri
+    first = request.name_addrs("Route")[0].uri
     if isinstance(first, SipUri) and first.param("lr") is not None:
         return request, first
     rewritten = [*routes[1:], f"<{request.uri}>"]

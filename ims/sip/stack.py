@@ -15,13 +15,13 @@ transport's address here (section 18.1.1), before the layer keeps them.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ims.sip.address import Address
+from ims.sip.address import Address, ip_version
 from ims.sip.dialog import with_sent_by
 from ims.sip.errors import LocalProtocolError, ProtocolError
 from ims.sip.message import Message, Request, Response, make_response
@@ -76,7 +76,23 @@ class SansIoCore(Protocol):
 
     def handle_timer(self, now: float) -> None: ...
 
+Direction = Literal["in", "out"]
+
+
+class MessageObserver(Protocol):
+    """Sees every message the stack receives from a transport ("in") and every message a
+    transport sent for it ("out", retransmissions included): for traces and metrics. `now` is
+    wall-clock time (`time.time()`), not the loop's clock, so traces of processes line up.
+    An exception it raises is counted in `StackStats.observer_errors`, never propagated."""
+
+    def on_message(
+        self, direction: Direction, message: Message, local: Address, remote: Address, now: float
+    ) -> None: ...
+
+
 ProvisionalHandler = Callable[[Response], None]
+
+_ROUTES_LIMIT = 4096
 
 # RFC 3261 section 8.1.3.1: a timeout is treated as 408, a transport failure as 503. The
 # reason phrases say the response was made here, not received.
@@ -98,6 +114,7 @@ class StackStats:
 
     send_failures: int = 0
     handler_errors: int = 0
+    observer_errors: int = 0
 
 
 class SipStack:
@@ -110,15 +127,20 @@ class SipStack:
         timers: TimerSettings | None = None,
         layer: TransactionLayer | None = None,
         core: SansIoCore | None = None,
+        observer: MessageObserver | None = None,
     ) -> None:
         """`handler` gets the TU events; with a sans-IO `core` (for example a ProxyCore on
-        this stack's `layer`), the core gets them instead and its timer is driven too."""
+        this stack's `layer`), the core gets them instead and its timer is driven too.
+        `observer` sees every message received and sent (traces, metrics)."""
         self._handler = handler
+        self._observer = observer
         self.core = core
         # The transports deliver only messages that passed ims.sip.checks: not checked twice.
         self.layer = layer if layer is not None else TransactionLayer(timers, check_messages=False)
         self._loop = asyncio.get_running_loop()
         self._transports: dict[tuple[str, int], SipTransport] = {}
+        # (transport, host) -> the endpoint that sends there: saves parsing the host per send.
+        self._routes: dict[tuple[str, str], SipTransport | None] = {}
         self._waiters: dict[TransactionKey, _Waiter] = {}
         self._failures: dict[TransactionKey, str] = {}  # why a send failed, for the 503
         self._timer: asyncio.TimerHandle | None = None
@@ -154,6 +176,7 @@ class SipStack:
         """Use an endpoint opened elsewhere; its on_message must be this stack's `receive`.
         The first endpoint of a transport and IP family carries all sends of that kind."""
         self._transports.setdefault(_kind(transport.local), transport)
+        self._routes.clear()
 
     @property
     def transports(self) -> tuple[SipTransport, ...]:
@@ -161,10 +184,19 @@ class SipStack:
 
     def transport_for(self, destination: Address) -> SipTransport | None:
         """The endpoint that sends to `destination` (same transport and IP family)."""
+        route = (destination.transport, destination.host)
         try:
-            return self._transports.get(_kind(destination))
+            return self._routes[route]
+        except KeyError:
+            pass
+        try:
+            transport = self._transports.get(_kind(destination))
         except ValueError:
             return None
+        if len(self._routes) >= _ROUTES_LIMIT:
+            self._routes.clear()
+        self._routes[route] = transport
+        return transport
 
     # -- inputs --
 
@@ -172,6 +204,8 @@ class SipStack:
         """A message from a transport (the transports' on_message callback)."""
         if self._closed:
             return
+        if self._observer is not None:
+            self._observe(self._observer, "in", message, self._local_for(source), source)
         self.layer.receive(message, source, self._loop.time())
         self._drain()
 
@@ -219,6 +253,14 @@ class SipStack:
         self.layer.send_stateless(message, destination)
         self._drain()
 
+    def drive(self, action: Callable[[float], object]) -> None:
+        """Run `action(now)` against the layer or the core outside a received message (e.g.
+        `ProxyCore.resume` once a DNS lookup is done), then send what it produced."""
+        if self._closed:
+            return
+        action(self._now())
+        self._drain()
+
     async def close(self) -> None:
         """Stop the timer, fail pending `request()` calls, close every transport."""
         self._closed = True
@@ -257,19 +299,27 @@ class SipStack:
         self._rearm()
 
     def _rearm(self) -> None:
-        deadline = None if self._closed else self.layer.get_timer()
-        if self.core is not None and not self._closed:
+        if self._closed:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+                self._timer_deadline = None
+            return
+        deadline = self.layer.get_timer()
+        if self.core is not None:
             core_deadline = self.core.get_timer()
             if core_deadline is not None and (deadline is None or core_deadline < deadline):
                 deadline = core_deadline
-        if deadline == self._timer_deadline:
+        current = self._timer_deadline
+        if deadline is None or (current is not None and current <= deadline):
+            # The armed timer fires no later than needed: keep it. Firing early costs one empty
+            # handle_timer and a re-arm, far less than a new loop timer per message (a proxy's
+            # earliest deadline moves with nearly every message as timers stop).
             return
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
         self._timer_deadline = deadline
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._fire)
+        self._timer = self._loop.call_at(deadline, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
@@ -291,6 +341,10 @@ class SipStack:
                 transport.send_now(event.message, event.destination)
             except (TransportError, LocalProtocolError) as exc:
                 self._send_failed(event.message, str(exc))
+                return
+            if self._observer is not None:
+                self._observe(self._observer, "out", event.message, transport.local,
+                              event.destination)
             return
         self._spawn(self._write(transport, event.message, event.destination))
 
@@ -299,6 +353,27 @@ class SipStack:
             await transport.send(message, destination)
         except (TransportError, LocalProtocolError) as exc:
             self._send_failed(message, str(exc))
+            return
+        if self._observer is not None:
+            self._observe(self._observer, "out", message, transport.local, destination)
+
+    def _local_for(self, source: Address) -> Address:
+        """The endpoint a message from `source` came in on, for the observer: the one that
+        answers there (transports do not say which of them delivered)."""
+        transport = self.transport_for(source)
+        if transport is None:
+            transport = next(iter(self._transports.values()), None)
+        return Address(source.transport, "0.0.0.0", 0) if transport is None else transport.local
+
+    def _observe(self, observer: MessageObserver, direction: Direction, message: Message,
+                 local: Address, remote: Address) -> None:
+        try:
+            observer.on_message(direction, message, local, remote, time.time())
+        except Exception:  # a trace or metrics bug must not stop the stack
+            self.stats.observer_errors += 1
+            if self.stats.observer_errors == 1:  # once: it would fail for every message
+                logger.exception("the message observer failed (further failures are counted "
+                                 "in stats.observer_errors)")
 
     def _send_failed(self, message: Message, why: str) -> None:
         self.stats.send_failures += 1
@@ -368,7 +443,10 @@ class SipStack:
 
 def _kind(address: Address) -> tuple[str, int]:
     """(transport, IP version): which endpoint serves an address. ValueError for a name."""
-    return address.transport.upper(), ipaddress.ip_address(address.host).version
+    version = ip_version(address.host)
+    if version is None:
+        raise ValueError(f"{address.host!r} is not an IP address")
+    return address.transport.upper(), version
 
 
 def _transaction_of(message: Message) -> TransactionKey | None:

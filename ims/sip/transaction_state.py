@@ -35,7 +35,15 @@ class TimerSettings:
             raise ValueError(f"T2 ({self.t2}) must not be smaller than T1 ({self.t1})")
 
 
-class Role(Enum):
+class _TableKey(Enum):
+    """An enum used in the keys of the tables below, looked up several times per message:
+    hashed by identity (members are singletons, compared by identity) in C, instead of
+    Enum's Python-level hash of the member name."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_TableKey):
     INVITE_CLIENT = "INVITE client"  # 17.1.1, RFC 6026 section 7.2
     NON_INVITE_CLIENT = "non-INVITE client"  # 17.1.2
     INVITE_SERVER = "INVITE server"  # 17.2.1, RFC 6026 section 7.1
@@ -46,7 +54,7 @@ class Role(Enum):
         return self in (Role.INVITE_SERVER, Role.NON_INVITE_SERVER)
 
 
-class State(Enum):
+class State(_TableKey):
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -56,7 +64,7 @@ class State(Enum):
     TERMINATED = "Terminated"
 
 
-class Stimulus(Enum):
+class Stimulus(_TableKey):
     # Client side, from the network: the class of the received response.
     PROVISIONAL = "1xx received"
     SUCCESS = "2xx received"
@@ -72,7 +80,7 @@ class Stimulus(Enum):
     TRANSPORT_ERROR = "transport error"
 
 
-class Timer(Enum):
+class Timer(_TableKey):
     A = "A"  # INVITE request retransmit (unreliable only)
     B = "B"  # INVITE transaction timeout
     D = "D"  # wait for response retransmissions (Completed)
@@ -87,7 +95,7 @@ class Timer(Enum):
     M = "M"  # RFC 6026: wait for 2xx retransmissions from other branches (Accepted)
 
 
-class Action(Enum):
+class Action(_TableKey):
     PASS_TO_TU = "pass the response or ACK to the TU"
     SEND = "send the TU's message: the request (client), a response (server)"
     RETRANSMIT = "retransmit: the request (client) or the last response (server)"

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ims.sip.address import Address
+from ims.sip.address import Address, canonical_ip, ip_version
 from ims.sip.checks import error_response_for, validate
 from ims.sip.errors import LocalProtocolError, MessageTooLarge, ProtocolError, SipError
 from ims.sip.framing import FramingLimits, KeepAlivePing, MessageFramed, StreamFramer
-from ims.sip.message import Message, Request, Response, parse_message, serialize
+from ims.sip.message import Message, ParsedValues, Request, Response, parse_message, serialize
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ ErrorResponder = Callable[[bytes, ProtocolError], Response | None]
 answered; `ims.sip.checks.error_response_for` by default."""
 
 MAX_UDP_PAYLOAD = 65535
+_PARSED_VALUES_LIMIT = 4096  # per kind of header value (see ParsedValues)
+_ENDPOINTS_LIMIT = 4096
+_READ_BATCH = 32  # datagrams read per event-loop wake-up beyond the first
+_RECV_BYTES = MAX_UDP_PAYLOAD + 1  # one more than fits: an oversize datagram shows as such
 _PONG = b"\r\n"  # RFC 5626 section 3.5.1
 
 
@@ -138,6 +142,8 @@ def add_received(request: Request, source: Address) -> Request:
 
 
 def _same_ip(host: str, ip: str) -> bool:
+    if host == ip:
+        return ip_version(ip) is not None  # the common case, without parsing either
     try:
         return ipaddress.ip_address(host.strip("[]")) == ipaddress.ip_address(ip)
     except ValueError:  # a host name in sent-by always differs from the source address
@@ -145,16 +151,16 @@ def _same_ip(host: str, ip: str) -> bool:
 
 
 def _ip_version(host: str, where: str) -> int:
-    try:
-        return ipaddress.ip_address(host).version
-    except ValueError:
+    version = ip_version(host)
+    if version is None:
         raise LocalProtocolError(
             f"{where} host {host!r} is not an IP address; resolve names first (RFC 3263)"
-        ) from None
+        )
+    return version
 
 
 def _peer_address(transport_name: str, sockaddr: tuple[str, int]) -> Address:
-    return Address(transport_name, ipaddress.ip_address(sockaddr[0]).compressed, sockaddr[1])
+    return Address(transport_name, canonical_ip(sockaddr[0]), sockaddr[1])
 
 
 class _Endpoint:
@@ -176,6 +182,11 @@ class _Endpoint:
         self.settings = settings
         self._stats = TransportStats()
         self._closed = False
+        # Header values parsed on receipt, shared by every message of this endpoint: the
+        # messages of one transaction repeat From, To, Call-ID, Route and our own Via.
+        self._parsed = ParsedValues(limit=_PARSED_VALUES_LIMIT)
+        # Destinations already checked by `_endpoint`, with their socket address.
+        self._endpoints: dict[tuple[str, str], str] = {}
 
     @property
     def local(self) -> Address:
@@ -192,6 +203,11 @@ class _Endpoint:
     def _endpoint(self, destination: Address) -> tuple[str, int]:
         """(host, port) to write to; raises LocalProtocolError for a destination this endpoint
         cannot serve (other transport, other IP family, a name)."""
+        host = self._endpoints.get((destination.transport, destination.host))
+        if host is not None:
+            if self._closed:
+                raise SendError(f"{self._local} is closed")
+            return host, destination.port
         if destination.transport != self._transport_name:
             raise LocalProtocolError(f"{self._local} cannot send to {destination}")
         version = _ip_version(destination.host, "destination")
@@ -199,12 +215,16 @@ class _Endpoint:
             raise LocalProtocolError(f"{self._local} cannot reach IPv{version} {destination}")
         if self._closed:
             raise SendError(f"{self._local} is closed")
-        return ipaddress.ip_address(destination.host).compressed, destination.port
+        host = canonical_ip(destination.host)
+        if len(self._endpoints) >= _ENDPOINTS_LIMIT:
+            self._endpoints.clear()
+        self._endpoints[(destination.transport, destination.host)] = host
+        return host, destination.port
 
     def _accept(self, data: bytes, source: Address) -> Response | None:
         """Parse, check and deliver one message; the answer owed when it is broken."""
         try:
-            message = parse_message(data)
+            message = parse_message(data, memo=self._parsed)
             validate(message)
             if isinstance(message, Request):
                 message = add_received(message, source)
@@ -246,6 +266,8 @@ class UdpTransport(_Endpoint):
     ) -> None:
         super().__init__(local, on_message, settings, error_response)
         self._datagrams: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
+        self._sources: dict[str, str] = {}  # source IP as the socket gives it -> canonical
 
     @classmethod
     async def open(
@@ -273,6 +295,7 @@ class UdpTransport(_Endpoint):
             raise BindError(f"cannot listen on {Address('UDP', host, port)}: {exc}") from exc
         local = _peer_address("UDP", sock.getsockname())
         self = cls(local, on_message, settings or TransportSettings(), error_response)
+        self._sock = sock
         loop = asyncio.get_running_loop()
         self._datagrams, _ = await loop.create_datagram_endpoint(
             lambda: _DatagramProtocol(self), sock=sock
@@ -307,13 +330,36 @@ class UdpTransport(_Endpoint):
             return
         if not data.strip(b"\r\n"):
             return  # a CRLF keep-alive datagram: it has done its job on the NAT binding
-        source = _peer_address("UDP", sockaddr)
+        host = self._sources.get(sockaddr[0])
+        if host is None:
+            host = canonical_ip(sockaddr[0])
+            if len(self._sources) >= _ENDPOINTS_LIMIT:
+                self._sources.clear()
+            self._sources[sockaddr[0]] = host
+        source = Address("UDP", host, sockaddr[1])
         answer = self._accept(data, source)
         if answer is not None:
             try:
                 self._sendto(serialize(answer), (source.host, source.port))
             except SendError as exc:
                 logger.debug("%s: could not answer %s: %s", self, source, exc)
+
+    def _read_queued(self) -> None:
+        """Handle the datagrams already waiting on the socket, up to a bound: under load this
+        saves a trip through the event loop (a poll and a callback) per datagram, and the
+        bound keeps other endpoints and timers served."""
+        sock = self._sock
+        for _ in range(_READ_BATCH):
+            if sock is None or self._closed:
+                return
+            try:
+                data, addr = sock.recvfrom(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error of an earlier send: as error_received
+                logger.debug("%s: %s", self, exc)
+                return
+            self._datagram_received(data, (str(addr[0]), addr[1]))
 
     async def close(self) -> None:
         self._closed = True
@@ -328,6 +374,7 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         host, port = addr[0], addr[1]
         self._owner._datagram_received(data, (str(host), port))
+        self._owner._read_queued()
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors of earlier sends (port unreachable...): UDP gives no reliable signal, the

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote
 
 from ims.sip import abnf
@@ -65,8 +65,18 @@ class SipUri:
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
     scheme: str = "sip"
+    # The text form, made on first use: a proxy writes the same URI in several messages
+    # (Request-URI, Record-Route) and hashes it for its branches.
+    _text: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def __str__(self) -> str:
+        text = self._text
+        if text is None:
+            text = self._format()
+            object.__setattr__(self, "_text", text)  # a cache, not state: see the field
+        return text
+
+    def _format(self) -> str:
         out = [self.scheme, ":"]
         if self.user is not None:
             out.append(self.user)
