@@ -1,0 +1,89 @@
+"""`ueconnect trace FILE`: list the calls of a ladder trace or draw one call's ladder.
+
+The trace is the JSON Lines file of the configuration's [trace] path (ims.trace). Without
+--call-id the most recent call is drawn; --html writes the same ladder as an HTML page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from ims.trace import (
+    TraceError,
+    TraceLineProblem,
+    calls,
+    iso_time,
+    read_trace,
+    render_ladder,
+    render_ladder_html,
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "trace", help="show a SIP ladder trace: list its calls or draw one call")
+    parser.add_argument("file", metavar="FILE", help="the JSON Lines trace ([trace] path)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--call-id", metavar="ID",
+                       help="the call to draw (default: the most recent call)")
+    which.add_argument("--list", action="store_true", help="list the calls instead")
+    parser.add_argument("--width", type=_width, metavar="N",
+                        help="diagram width in characters (default: the terminal's)")
+    parser.add_argument("--html", metavar="OUT",
+                        help="also write the ladder as an HTML page (SVG) to OUT")
+    parser.set_defaults(func=_trace)
+
+
+def _width(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of characters") from None
+    if not 40 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"width {value} is out of range: use 40 to 1000")
+    return value
+
+
+def _report(problem: TraceLineProblem) -> None:
+    print(problem, file=sys.stderr)
+
+
+def _trace(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        entries = read_trace(path, on_problem=_report)
+    except TraceError as exc:
+        print(f"ueconnect trace: {exc}", file=sys.stderr)
+        return 1
+    summaries = calls(entries)
+    if args.list:
+        if not summaries:
+            print(f"{path}: no SIP calls in the trace")
+            return 0
+        print(f"{'START (UTC)':<27} {'MSGS':>4}  {'METHOD':<9} {'CALL-ID':<36} FROM -> TO")
+        for s in summaries:
+            print(f"{iso_time(s.first_epoch):<27} {s.messages:>4}  {s.method or '-':<9} "
+                  f"{s.call_id:<36} {s.caller or '?'} -> {s.callee or '?'}")
+        return 0
+    if args.call_id is not None:
+        call_id = args.call_id
+    elif summaries:
+        call_id = max(summaries, key=lambda s: s.first_epoch).call_id
+    else:
+        print(f"ueconnect trace: {path} has no SIP calls to draw", file=sys.stderr)
+        return 1
+    width = args.width or shutil.get_terminal_size((100, 24)).columns
+    try:
+        sys.stdout.write(render_ladder(entries, call_id, width))
+        if args.html:
+            Path(args.html).write_text(render_ladder_html(entries, call_id), encoding="utf-8")
+    except TraceError as exc:
+        print(f"ueconnect trace: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ueconnect trace: cannot write {args.html}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
