@@ -47,6 +47,10 @@ def test_missing_file_fails_with_one_line(tmp_path: Path,
     assert "no such file" in capsys.readouterr().err
 
 
-def test_running_is_not_there_yet(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run("--config", str(EXAMPLES / "alpha.toml")) == 1
-    assert "running roles is not available yet" in capsys.readouterr().err
+def test_running_a_broken_config_names_every_problem_and_does_not_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[operator]\nname = "Alpha"\nplmn = "001-01"\nmnc_digits = 2\nbogus = 1\n')
+    assert run("--config", str(bad)) == 1
+    assert "bogus" in capsys.readouterr().err

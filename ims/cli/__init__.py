@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ims.cli import demo, dns, mno, sip, subscriber
+from ims.cli import demo, dns, mno, sip, subscriber, trace
 
 # Each module exposes `register(subparsers)`; its parsers set `func(args) -> int`.
-_COMMANDS = (sip, dns, mno, subscriber, demo)
+_COMMANDS = (sip, dns, mno, subscriber, trace, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,308 @@
+"""One operator (MNO) in one process: the configured roles built from an OperatorConfig.
+
+Each role runs one proxy element per listen host:port (a SipStack with its TransactionLayer
+and ProxyCore, the role's router on top): the P-CSCF (ims.pcscf), the S-CSCF and registrar
+(ims.scscf, ims.registrar), the border (ims.border). A role can also run alone (`roles=`),
+the others then being reached at the addresses the same file gives them.
+
+    async with Operator.start(config, store=store) as operator:
+        ...  # operator.address(Role.PCSCF) is where UEs send
+
+Keys (flow tokens, Record-Route tokens, digest nonces) come from the store's secrets, so
+processes sharing a store understand each other's tokens and survive restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ims.border import Border
+from ims.config import OperatorConfig, Role, iter_listeners
+from ims.dns.locator import Locator
+from ims.extension import OPTION_TAG
+from ims.pcscf import Pcscf
+from ims.registrar import Registrar
+from ims.scscf import Scscf, service_route
+from ims.seams import (
+    ConnectivityGateway,
+    LoggingGateway,
+    LoggingPermission,
+    PermissionFunction,
+)
+from ims.sip.address import Address
+from ims.sip.digest import DigestServer
+from ims.sip.fixed_route_proxy import resolve_literal
+from ims.sip.message import Request, Response, make_response
+from ims.sip.proxy import Defer, Forward, ProxyConfig, ProxyCore, Router
+from ims.sip.stack import SipStack, TuEvent
+from ims.sip.transaction import TimerSettings, TransactionLayer
+from ims.sip.transport import TransportSettings
+from ims.sip.uri import SipUri
+from ims.store import Store, open_store
+
+__all__ = ["Element", "Operator", "OperatorError"]
+
+logger = logging.getLogger(__name__)
+
+ROLE_NAMES = {Role.PCSCF: "P-CSCF", Role.SCSCF: "S-CSCF", Role.BORDER: "border"}
+_DEFER_TIMEOUT = 30.0  # bound on an asynchronous routing step (DNS, the seams)
+
+
+class OperatorError(Exception):
+    """The configuration cannot be run as asked (a role needs a section that is missing)."""
+
+
+@dataclass(eq=False)
+class Element:
+    """One running proxy element of a role: its URI, listeners, stack and core."""
+
+    role: Role
+    uri: SipUri
+    listen: tuple[Address, ...]
+    stack: SipStack
+    core: ProxyCore | None = None
+    router: Router | None = None
+    defer_timeout: float = _DEFER_TIMEOUT
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _count: int = 0
+
+    @property
+    def address(self) -> Address:
+        """Where to send to this element (its first UDP listener, else its first)."""
+        return _first(self.listen)
+
+    def defer(self, request: Request, work: Awaitable[Forward | Response]) -> Defer:
+        """Run `work` as a task; its decision resumes the core (ProxyCore.resume)."""
+        self._count += 1
+        token = self._count
+        task = asyncio.get_running_loop().create_task(self._settle(token, request, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Defer(token)
+
+    async def _settle(
+        self, token: int, request: Request, work: Awaitable[Forward | Response]
+    ) -> None:
+        decision: Forward | Response
+        try:
+            decision = await asyncio.wait_for(work, self.defer_timeout)
+        except TimeoutError:
+            decision = make_response(request, 504, "Server Time-out (routing took too long)")
+        except Exception:  # a role's bug must not leave the request hanging
+            logger.exception("%s %s: routing failed", ROLE_NAMES[self.role], self.uri)
+            decision = make_response(request, 500, "Server Internal Error (routing failed)")
+        core = self.core
+        if core is not None:
+            self.stack.drive(lambda now: core.resume(token, decision, now))
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.stack.close()
+
+
+def _ignore(event: TuEvent) -> None:
+    return None
+
+
+def _first(addresses: Sequence[Address]) -> Address:
+    return next((a for a in addresses if a.transport == "UDP"), addresses[0])
+
+
+def _groups(addresses: Iterable[Address]) -> list[tuple[str, int, tuple[Address, ...]]]:
+    """Listeners by host:port: one element each (UDP and TCP on one port are one element)."""
+    out: dict[tuple[str, int], list[Address]] = {}
+    for address in addresses:
+        out.setdefault((address.host, address.port), []).append(address)
+    return [(host, port, tuple(group)) for (host, port), group in out.items()]
+
+
+def _uri(host: str, port: int, advertised: str | None) -> SipUri:
+    name = advertised if advertised is not None else host
+    return SipUri(host=f"[{name}]" if ":" in name else name, port=port)
+
+
+class Operator:
+    """The running roles of one operator; build it with `Operator.start`."""
+
+    def __init__(self, config: OperatorConfig, store: Store, elements: list[Element]) -> None:
+        self.config = config
+        self.store = store
+        self.elements = elements
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def start(
+        cls,
+        config: OperatorConfig,
+        *,
+        store: Store | None = None,
+        roles: Iterable[Role] | None = None,
+        timers: TimerSettings | None = None,
+        permission: PermissionFunction | None = None,
+        gateway: ConnectivityGateway | None = None,
+        locator: Locator | None = None,
+        clock: Callable[[], float] = time.time,
+        retry_after: int = 30,
+    ) -> AsyncIterator[Operator]:
+        """Start `roles` (default: every configured one) listening; stop them on exit.
+
+        `store` defaults to the configured one (closed on exit; a given one is not);
+        `timers` are the SIP timers of every element (tests shorten them); `clock` is the
+        wall clock of registrations and nonces. Raises OperatorError, BindError.
+        """
+        owned = store is None
+        store = open_store(config.store) if store is None else store
+        operator = cls(config, store, [])
+        try:
+            await operator._build(
+                tuple(roles) if roles is not None else config.roles,
+                timers=timers,
+                permission=permission or LoggingPermission(),
+                gateway=gateway or LoggingGateway(),
+                locator=locator,
+                clock=clock,
+                retry_after=retry_after,
+            )
+            yield operator
+        finally:
+            await operator.close()
+            if owned:
+                store.close()
+
+    def elements_of(self, role: Role) -> list[Element]:
+        return [e for e in self.elements if e.role is role]
+
+    def address(self, role: Role) -> Address:
+        """Where the first element of `role` listens (UDP preferred)."""
+        elements = self.elements_of(role)
+        if not elements:
+            raise OperatorError(f"{self.config.operator.name} runs no {ROLE_NAMES[role]}")
+        return elements[0].address
+
+    def uri(self, role: Role) -> SipUri:
+        elements = self.elements_of(role)
+        if not elements:
+            raise OperatorError(f"{self.config.operator.name} runs no {ROLE_NAMES[role]}")
+        return elements[0].uri
+
+    async def close(self) -> None:
+        for element in self.elements:
+            await element.close()
+        self.elements.clear()
+
+    # -- building ----------------------------------------------------------------------------
+
+    async def _build(
+        self,
+        roles: tuple[Role, ...],
+        *,
+        timers: TimerSettings | None,
+        permission: PermissionFunction,
+        gateway: ConnectivityGateway,
+        locator: Locator | None,
+        clock: Callable[[], float],
+        retry_after: int,
+    ) -> None:
+        config = self.config
+        name = config.operator.name
+        for role in roles:
+            if role not in config.roles:
+                raise OperatorError(f"{config.source}: role {role} has no [{role}] section")
+        internal = {address.host for _, address in iter_listeners(config)}
+        scscf_address = _first(config.scscf.listen) if config.scscf is not None else None
+        border_address = _first(config.border.listen) if config.border is not None else None
+        home = config.operator.home_domain
+
+        def secret(label: str) -> bytes:
+            return self.store.secret(label, lambda: os.urandom(32))
+
+        for role in roles:
+            if role is Role.PCSCF:
+                assert config.pcscf is not None
+                if scscf_address is None:
+                    raise OperatorError(f"{config.source}: the P-CSCF needs [scscf] (where "
+                                        "registrations go)")
+                key = secret("pcscf-flow-token")
+                # RFC 5626 section 4.4.1: a flow lives while keep-alives come; give TCP flows
+                # twice the Flow-Timer before closing them as idle.
+                settings = TransportSettings(idle_timeout=max(120.0, 2 * config.pcscf.keepalive))
+                for host, port, listen in _groups(config.pcscf.listen):
+                    uri = _uri(host, port, config.pcscf.advertised_host)
+                    element = self._element(role, uri, listen, timers)
+                    element.router = Pcscf(
+                        uri, registrar=scscf_address, internal_hosts=internal, key=key,
+                        keepalive=config.pcscf.keepalive, clock=clock,
+                    )
+                    await self._listen(element, settings)
+            elif role is Role.SCSCF:
+                assert config.scscf is not None
+                digest = DigestServer(config.scscf.digest_config(secret("digest-nonce")))
+                for host, port, listen in _groups(config.scscf.listen):
+                    uri = _uri(host, port, config.scscf.advertised_host)
+                    element = self._element(role, uri, listen, timers)
+                    registrar = Registrar(
+                        config.scscf, self.store, digest,
+                        domains={home, config.scscf.realm}, service_route=service_route(uri),
+                    )
+                    element.router = Scscf(
+                        uri, store=self.store, registrar=registrar, home_domain=home,
+                        mnc_lengths=dict(config.dns.mnc_lengths), border=border_address,
+                        permission=permission, gateway=gateway, defer=element.defer,
+                        clock=clock,
+                    )
+                    await self._listen(element, None)
+            elif role is Role.BORDER:
+                assert config.border is not None
+                if scscf_address is None:
+                    raise OperatorError(f"{config.source}: the border needs [scscf] (where "
+                                        "requests from peers go)")
+                if locator is None:
+                    # Our stacks speak UDP and TCP; TLS targets would only fail.
+                    locator = Locator(dataclasses.replace(
+                        config.dns.locator_config(), transports=("udp", "tcp")
+                    ))
+                key = secret("border-route-token")
+                for host, port, listen in _groups(config.border.listen):
+                    uri = _uri(host, port, config.border.advertised_host)
+                    element = self._element(role, uri, listen, timers)
+                    element.router = Border(
+                        uri, config=config.border, home_domain=home, internal_hosts=internal,
+                        scscf=scscf_address, locator=locator, key=key, defer=element.defer,
+                        retry_after=retry_after,
+                    )
+                    await self._listen(element, None)
+        logger.info("operator %s (%s, %s) running: %s", name, config.operator.plmn, home,
+                    ", ".join(ROLE_NAMES[r] for r in roles))
+
+    def _element(
+        self, role: Role, uri: SipUri, listen: tuple[Address, ...], timers: TimerSettings | None
+    ) -> Element:
+        layer = TransactionLayer(timers, check_messages=False)
+        stack = SipStack(_ignore, layer=layer)
+        element = Element(role, uri, listen, stack)
+        self.elements.append(element)
+        return element
+
+    async def _listen(self, element: Element, settings: TransportSettings | None) -> None:
+        assert element.router is not None
+        proxy = ProxyConfig(uri=element.uri, supported=frozenset({OPTION_TAG}))
+        element.core = ProxyCore(element.stack.layer, proxy, element.router, resolve_literal)
+        element.stack.core = element.core
+        # UDP first: the first endpoint of a kind carries the sends (our Via's port).
+        for address in sorted(element.listen, key=lambda a: a.transport != "UDP"):
+            if address.transport not in ("UDP", "TCP"):
+                logger.warning("%s %s: %s listener skipped (not available in this build)",
+                               ROLE_NAMES[element.role], element.uri, address)
+                continue
+            await element.stack.listen(address.transport, address.host, address.port,
+                                       settings=settings)
+        logger.info("%s %s listening on %s", ROLE_NAMES[element.role], element.uri,
+                    ", ".join(str(a) for a in element.listen))

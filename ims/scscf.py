@@ -1,0 +1,209 @@
+"""The S-CSCF: registrar, originating and terminating routing (TS 24.229 section 5.4), a
+router for ProxyCore.
+
+Its walk of a request:
+- REGISTER: the registrar (ims.registrar) answers it.
+- Originating (the top Route is our Service-Route, `orig` user part, RFC 3608): the caller
+  is the P-Asserted-Identity the P-CSCF set. Require tags we do not know: 420 with
+  Unsupported (RFC 3261 section 8.2.2.3). The callee is one of our subscribers: terminating
+  processing right here (same operator); Request-URI or Target-MNO naming our own domain
+  without such a subscriber: 404; anything else: to our border.
+- Terminating (any other initial request, from our border or our own originating side): the
+  Request-URI's subscriber's bindings, each contact a branch with its stored Path as Route
+  (RFC 3327 section 5.3); none registered: 480; no such subscriber: 404.
+- In-dialog requests follow their Route set (RFC 3261 section 16.12).
+A request with `Require: ueconnect` goes through the permission function (terminating leg)
+and the connectivity gateway (each leg) first (ims.seams), asynchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from ims.border import DeferWork
+from ims.dns.errors import DnsUsageError
+from ims.dns.plmn import mno_domain
+from ims.extension import OPTION_TAG, TargetMno, option_tags, requires_extension, target_mno_of
+from ims.pcscf import pop_own_route
+from ims.registrar import Registrar, subscriber_for
+from ims.seams import ConnectivityGateway, ConnectRequest, Leg, PermissionFunction, Refusal
+from ims.sip.address import Address
+from ims.sip.errors import ParseError
+from ims.sip.message import Request, Response, make_response
+from ims.sip.proxy import Defer, Forward, Target
+from ims.sip.uri import SipUri, parse_uri
+from ims.store import Store, Subscriber
+
+__all__ = ["END_TO_END_TAGS", "ORIG_USER", "Scscf", "service_route"]
+
+logger = logging.getLogger(__name__)
+
+ORIG_USER = "orig"
+"""The user part of our Service-Route URI that marks originating requests (TS 24.229
+section 5.4.1.2.2: the S-CSCF "may include a user part ... to indicate originating")."""
+
+END_TO_END_TAGS = frozenset(
+    {"100rel", "timer", "replaces", "precondition", "histinfo", "norefersub", "tdialog",
+     "join", "from-change", "path", "outbound", "gruu", "sec-agree"}
+)
+"""Require tags the UEs handle end to end: passed on, not refused."""
+
+
+def service_route(uri: SipUri) -> str:
+    """The Service-Route value of the S-CSCF named `uri`: its URI, `orig`, `lr` (RFC 3608)."""
+    return f"<{SipUri(host=uri.host, port=uri.port, user=ORIG_USER, params=(('lr', None),))}>"
+
+
+class Scscf:
+    """The router of one S-CSCF instance named `uri`."""
+
+    def __init__(
+        self,
+        uri: SipUri,
+        *,
+        store: Store,
+        registrar: Registrar,
+        home_domain: str,
+        mnc_lengths: Mapping[str, int],
+        border: Address | None,
+        permission: PermissionFunction,
+        gateway: ConnectivityGateway,
+        defer: DeferWork,
+        clock: Callable[[], float],
+    ) -> None:
+        self.uri = uri
+        self.store = store
+        self.registrar = registrar
+        self.home_domain = home_domain.lower()
+        self.mnc_lengths = mnc_lengths
+        self.border = border
+        self.permission = permission
+        self.gateway = gateway
+        self.defer = defer
+        self.clock = clock
+
+    def __call__(self, request: Request, source: Address) -> Forward | Response | Defer:
+        request, own = pop_own_route(request, self.uri)
+        if request.method == "REGISTER":
+            return self.registrar.register(request, self.clock())
+        if request.to.tag is not None or request.method == "ACK":
+            return Forward((Target(request.uri),), request=request)
+        originating = own is not None and isinstance(own.uri, SipUri) and own.uri.user == ORIG_USER
+        if originating:
+            return self._originating(request)
+        return self._terminating(request, helped=requires_extension(request))
+
+    # -- originating -----------------------------------------------------------------------
+
+    def _originating(self, request: Request) -> Forward | Response | Defer:
+        unknown = [
+            t for t in option_tags(request, "Require")
+            if t != OPTION_TAG and t not in END_TO_END_TAGS
+        ]
+        if unknown:
+            return make_response(
+                request, 420, "Bad Extension", extra=[("Unsupported", ", ".join(unknown))]
+            )
+        if request.headers.get("P-Asserted-Identity") is None:
+            return make_response(
+                request, 403, "Forbidden (no asserted identity: originate through the P-CSCF)"
+            )
+        target_mno = target_mno_of(request)
+        callee = subscriber_for(self.store, request.uri)
+        ours = self._names_us(target_mno)
+        helped = requires_extension(request)
+        if callee is not None and ours is not False:
+            logger.info("S-CSCF %s: %s %s -> %s (same operator)", self.uri, request.method,
+                        request.headers.get("P-Asserted-Identity"), request.uri)
+            if helped:
+                return self._with_seams(request, (Leg.ORIGINATING, Leg.TERMINATING))
+            return self._deliver(request, callee)
+        if ours or self._our_domain(request):
+            return make_response(request, 404, f"Not Found (no subscriber {request.uri} here)")
+        if self.border is None:
+            return make_response(request, 403, "Forbidden (no border configured for calls out)")
+        logger.info("S-CSCF %s: %s %s -> %s (to the border)", self.uri, request.method,
+                    request.headers.get("P-Asserted-Identity"), request.uri)
+        if helped:
+            return self._with_seams(request, (Leg.ORIGINATING,))
+        return self._to_border(request)
+
+    def _to_border(self, request: Request) -> Forward:
+        assert self.border is not None
+        # The border's 503 says the peer operator is unreachable: the caller gets it as is.
+        return Forward(
+            (Target(request.uri, self.border),), record_route=True, request=request,
+            relay_503=True,
+        )
+
+    def _names_us(self, target_mno: TargetMno | None) -> bool | None:
+        """Whether Target-MNO names this operator; None when there is none."""
+        if target_mno is None:
+            return None
+        try:
+            return mno_domain(target_mno.mno_id, self.mnc_lengths) == self.home_domain
+        except DnsUsageError:
+            return False  # an MCC we do not know: another operator's, the border decides
+
+    def _our_domain(self, request: Request) -> bool:
+        uri = request.uri
+        return isinstance(uri, SipUri) and uri.host.lower().rstrip(".") == self.home_domain
+
+    # -- terminating -----------------------------------------------------------------------
+
+    def _terminating(self, request: Request, *, helped: bool) -> Forward | Response | Defer:
+        callee = subscriber_for(self.store, request.uri)
+        if callee is None:
+            return make_response(request, 404, f"Not Found (no subscriber {request.uri} here)")
+        if helped:
+            return self._with_seams(request, (Leg.TERMINATING,))
+        return self._deliver(request, callee)
+
+    def _deliver(self, request: Request, callee: Subscriber) -> Forward | Response:
+        now = self.clock()
+        bindings = [b for impu in callee.impus for b in self.store.bindings.list_for_aor(impu, now)]
+        if not bindings:
+            return make_response(request, 480, "Temporarily Unavailable (not registered)")
+        targets = []
+        for binding in bindings:
+            try:
+                contact = parse_uri(binding.contact)
+            except ParseError:
+                logger.warning("S-CSCF %s: unusable stored contact %r", self.uri, binding.contact)
+                continue
+            targets.append(Target(contact, route=binding.path))
+        if not targets:
+            return make_response(request, 480, "Temporarily Unavailable (no usable contact)")
+        logger.info("S-CSCF %s: %s for %s to %d contact%s", self.uri, request.method,
+                    request.uri, len(targets), "" if len(targets) == 1 else "s")
+        return Forward(tuple(targets), record_route=True, request=request)
+
+    # -- the seams (issue 5 and issue 6) ----------------------------------------------------
+
+    def _with_seams(self, request: Request, legs: tuple[Leg, ...]) -> Defer:
+        return self.defer(request, self._run_seams(request, legs))
+
+    async def _run_seams(self, request: Request, legs: tuple[Leg, ...]) -> Forward | Response:
+        caller = request.headers.get("P-Asserted-Identity") or str(request.from_.uri)
+        for leg in legs:
+            asked = ConnectRequest(
+                leg=leg, caller=caller, callee=str(request.uri), call_id=request.call_id,
+                target_mno=target_mno_of(request), request=request,
+            )
+            if leg is Leg.TERMINATING:
+                verdict = await self.permission.check(asked)
+                if not verdict.allowed:
+                    logger.info("S-CSCF %s: %s -> %s refused: %d %s", self.uri, caller,
+                                request.uri, verdict.status_code, verdict.reason)
+                    return make_response(request, verdict.status_code, verdict.reason)
+            prepared = await self.gateway.prepare(asked)
+            if isinstance(prepared, Refusal):
+                return make_response(request, prepared.status_code, prepared.reason)
+            request = prepared
+        if Leg.TERMINATING in legs:
+            callee = subscriber_for(self.store, request.uri)
+            if callee is None:
+                return make_response(request, 404, f"Not Found (no subscriber {request.uri})")
+            return self._deliver(request, callee)
+        return self._to_border(request)

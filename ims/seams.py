@@ -1,0 +1,120 @@
+"""The two seams the S-CSCF hands `Require: ueconnect` requests to.
+
+- The permission function (issue 5) decides whether the caller may connect to the callee:
+  from the callee's standing rules, else by asking the callee's UE.
+- The connectivity gateway (issue 6) prepares this operator's side of the data path (a PCP
+  PEER mapping on the CGN, or a relay) and may rewrite the offer accordingly.
+
+Each is a typing Protocol; the defaults here allow and change nothing, and say so in the log
+every time they are asked (a missing function must never pass unnoticed).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Protocol
+
+from ims.extension import TargetMno
+from ims.sip.message import Request
+
+__all__ = [
+    "ConnectRequest",
+    "ConnectivityGateway",
+    "Leg",
+    "LoggingGateway",
+    "LoggingPermission",
+    "Permission",
+    "PermissionFunction",
+    "Refusal",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class Leg(enum.StrEnum):
+    """Which side of the call this operator serves."""
+
+    ORIGINATING = "originating"  # the caller is our subscriber
+    TERMINATING = "terminating"  # the callee is our subscriber
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    """A UE's request for help, as the S-CSCF sees it.
+
+    `caller` is the asserted identity (P-Asserted-Identity), `callee` the Request-URI,
+    `target_mno` what the caller's UE named, `request` the INVITE as it will be forwarded.
+    """
+
+    leg: Leg
+    caller: str
+    callee: str
+    call_id: str
+    target_mno: TargetMno | None
+    request: Request
+
+
+@dataclass(frozen=True)
+class Permission:
+    """The permission function's verdict; a refusal carries the final response to send
+    (status 4xx/6xx and a reason phrase naming why, e.g. 603 "Decline (not permitted)")."""
+
+    allowed: bool
+    status_code: int = 603
+    reason: str = "Decline"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The gateway cannot prepare the data path: the final response to answer."""
+
+    status_code: int
+    reason: str
+
+
+class PermissionFunction(Protocol):
+    async def check(self, request: ConnectRequest) -> Permission:
+        """Whether the caller may connect to the callee (may ask the callee's UE)."""
+        ...
+
+
+class ConnectivityGateway(Protocol):
+    async def prepare(self, request: ConnectRequest) -> Request | Refusal:
+        """Open this operator's side; returns the request to forward (its offer possibly
+        rewritten) or a Refusal."""
+        ...
+
+    async def release(self, call_id: str) -> None:
+        """Release everything opened for the call (BYE, failure, expiry)."""
+        ...
+
+
+class LoggingPermission:
+    """The default permission function: allows, and logs that it did."""
+
+    async def check(self, request: ConnectRequest) -> Permission:
+        logger.warning(
+            "no permission function configured (issue 5): allowing %s -> %s (Call-ID %s)",
+            request.caller, request.callee, request.call_id,
+        )
+        return Permission(True)
+
+
+class LoggingGateway:
+    """The default gateway: opens nothing, forwards the offer unchanged, and logs that."""
+
+    async def prepare(self, request: ConnectRequest) -> Request | Refusal:
+        logger.warning(
+            "no connectivity gateway configured (issue 6): %s side of %s -> %s left as offered "
+            "(Call-ID %s)",
+            request.leg, request.caller, request.callee, request.call_id,
+        )
+        return request.request
+
+    async def release(self, call_id: str) -> None:
+        logger.warning(
+            "no connectivity gateway configured (issue 6): nothing to release for Call-ID %s",
+            call_id,
+        )
