@@ -17,6 +17,10 @@ the responses); the internal Record-Route entries travel inside the border's own
 Record-Route URI as a sealed token (its user part), and so do those of a response leaving
 through an ingress request's path. A request coming back in with such a token in its Route
 gets the internal entries back, statelessly.
+
+With `metrics`, each locator call counts as a DNS lookup of its kind ("plmn" for Target-MNO,
+"enum", "rfc3263" for a domain's NAPTR/SRV/A walk), failed or not, and each refusal counts
+by reason ("not-a-peer", "no-agreement", "route-token").
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 from ims.config import BorderConfig
 from ims.dns.errors import (
@@ -35,6 +40,7 @@ from ims.dns.errors import (
 from ims.dns.locator import Locator
 from ims.dns.plmn import mno_domain
 from ims.extension import target_mno_of
+from ims.metrics import OperatorMetrics
 from ims.pcscf import open_token, pop_own_route, seal_token
 from ims.sip.address import Address
 from ims.sip.errors import ParseError, ProtocolError
@@ -52,13 +58,16 @@ DeferWork = Callable[[Request, Awaitable[Forward | Response]], Defer]
 
 _RETRY_AFTER = 30  # seconds a caller should wait after a 503 from a peer's outage
 
+_T = TypeVar("_T")
+
 
 class Border:
     """The router of one border instance named `uri`.
 
     `internal_hosts` are the operator's element addresses (their requests are egress),
     `scscf` where ingress requests go, `home_domain` / `plmn` who we are, `key` seals the
-    Record-Route tokens, `defer` runs the DNS lookups.
+    Record-Route tokens, `defer` runs the DNS lookups; `metrics` (optional) counts lookups
+    and refusals.
     """
 
     def __init__(
@@ -73,6 +82,7 @@ class Border:
         key: bytes,
         defer: DeferWork,
         retry_after: int = _RETRY_AFTER,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.uri = uri
         self.config = config
@@ -83,6 +93,7 @@ class Border:
         self.key = key
         self.defer = defer
         self.retry_after = retry_after
+        self.metrics = metrics
         self.peer_domains = frozenset(p.domain for p in config.peers)
 
     def __call__(self, request: Request, source: Address) -> Forward | Response | Defer:
@@ -93,6 +104,7 @@ class Border:
         if peer is None:
             logger.warning("border %s: %s from %s refused: not a peer operator", self.uri,
                            request.method, source)
+            self._refused("not-a-peer")
             return make_response(request, 403, "Forbidden (not a peer operator)")
         return self._ingress(request, own, peer.name)
 
@@ -101,9 +113,11 @@ class Border:
     def _ingress(self, request: Request, own: NameAddress | None, peer: str) -> Forward | Response:
         if request.to.tag is not None or request.method == "ACK":
             if own is None or not isinstance(own.uri, SipUri) or not own.uri.user:
+                self._refused("route-token")
                 return make_response(request, 403, "Forbidden (no route token into this operator)")
             internal = self._open(own.uri.user)
             if internal is None:
+                self._refused("route-token")
                 return make_response(request, 403, "Forbidden (invalid route token)")
             routes = [*internal, *request.headers.get_all("Route")]
             edited = request.with_headers(request.headers.replaced("Route", routes))
@@ -151,16 +165,16 @@ class Border:
             mno = target_mno_of(request)
             if mno is not None:
                 domain = mno_domain(mno.mno_id, self.locator.config.mnc_lengths)
-                targets = await self.locator.locate_operator(mno.mno_id)
+                targets = await self._lookup("plmn", self.locator.locate_operator(mno.mno_id))
             elif isinstance(uri, TelUri):
-                uri = parse_uri(await self.locator.enum_lookup(uri.e164))
+                uri = parse_uri(await self._lookup("enum", self.locator.enum_lookup(uri.e164)))
                 if not isinstance(uri, SipUri):
                     return make_response(request, 404, "Not Found (ENUM gave no SIP URI)")
                 domain = uri.host.lower()
-                targets = await self.locator.locate(domain)
+                targets = await self._lookup("rfc3263", self.locator.locate(domain))
             elif isinstance(uri, SipUri):
                 domain = uri.host.lower()
-                targets = await self.locator.locate(domain)
+                targets = await self._lookup("rfc3263", self.locator.locate(domain))
             else:
                 return make_response(request, 416, "Unsupported URI Scheme")
         except NoSuchNumber as exc:
@@ -177,6 +191,7 @@ class Border:
         if domain == self.home_domain:
             return self._failed(request, 404, "Not Found", "no such subscriber here")
         if domain not in self.peer_domains:
+            self._refused("no-agreement")
             return self._failed(request, 403, "Forbidden",
                                 f"no interconnect agreement with {domain}")
         hops = [
@@ -223,6 +238,22 @@ class Border:
                     response.headers.replaced("Record-Route", restored)
                 )
         return response
+
+    async def _lookup(self, kind: str, lookup: Awaitable[_T]) -> _T:
+        """Await a locator call, counting it as a DNS lookup of `kind`."""
+        try:
+            result = await lookup
+        except LookupFailure:
+            if self.metrics is not None:
+                self.metrics.dns_lookup(kind, ok=False)
+            raise
+        if self.metrics is not None:
+            self.metrics.dns_lookup(kind, ok=True)
+        return result
+
+    def _refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.border_refused(reason)
 
     def _failed(
         self,

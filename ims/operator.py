@@ -10,6 +10,11 @@ the others then being reached at the addresses the same file gives them.
 
 Keys (flow tokens, Record-Route tokens, digest nonces) come from the store's secrets, so
 processes sharing a store understand each other's tokens and survive restarts.
+
+Observability comes from the configuration: with [trace], every element's stack appends to
+the one trace file (ims.trace; role names "pcscf", "scscf", "border", and the P-CSCF names
+each registered UE's column "UE <user>"); with [metrics], every stack and role feeds the
+operator's OperatorMetrics (ims.metrics), served on the configured address while it runs.
 """
 
 from __future__ import annotations
@@ -23,12 +28,21 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry
+
 from ims.border import Border
 from ims.config import OperatorConfig, Role, iter_listeners
 from ims.dns.locator import Locator
 from ims.extension import OPTION_TAG
+from ims.metrics import (
+    CompositeObserver,
+    MetricsServer,
+    MetricsServerError,
+    OperatorMetrics,
+    serve_metrics,
+)
 from ims.pcscf import Pcscf
-from ims.registrar import Registrar
+from ims.registrar import RegisteredContacts, Registrar
 from ims.scscf import Scscf, service_route
 from ims.seams import (
     ConnectivityGateway,
@@ -41,11 +55,12 @@ from ims.sip.digest import DigestServer
 from ims.sip.fixed_route_proxy import resolve_literal
 from ims.sip.message import Request, Response, make_response
 from ims.sip.proxy import Defer, Forward, ProxyConfig, ProxyCore, Router
-from ims.sip.stack import SipStack, TuEvent
+from ims.sip.stack import MessageObserver, SipStack, TuEvent
 from ims.sip.transaction import TimerSettings, TransactionLayer
 from ims.sip.transport import TransportSettings
 from ims.sip.uri import SipUri
 from ims.store import Store, open_store
+from ims.trace import TraceError, TraceRecorder
 
 __all__ = ["Element", "Operator", "OperatorError"]
 
@@ -53,6 +68,7 @@ logger = logging.getLogger(__name__)
 
 ROLE_NAMES = {Role.PCSCF: "P-CSCF", Role.SCSCF: "S-CSCF", Role.BORDER: "border"}
 _DEFER_TIMEOUT = 30.0  # bound on an asynchronous routing step (DNS, the seams)
+MAX_NAMED_FLOWS = 10_000  # UE columns the P-CSCF's trace remembers (oldest forgotten first)
 
 
 class OperatorError(Exception):
@@ -136,6 +152,12 @@ class Operator:
         self.config = config
         self.store = store
         self.elements = elements
+        # [metrics]: the operator's metrics on a registry of its own, and their endpoint.
+        self.metrics: OperatorMetrics | None = (
+            OperatorMetrics(CollectorRegistry()) if config.metrics is not None else None
+        )
+        self.metrics_server: MetricsServer | None = None
+        self.recorders: dict[Role, TraceRecorder] = {}  # [trace]: one per role, one file
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -171,6 +193,7 @@ class Operator:
                 clock=clock,
                 retry_after=retry_after,
             )
+            operator._serve_metrics()
             yield operator
         finally:
             await operator.close()
@@ -197,6 +220,60 @@ class Operator:
         for element in self.elements:
             await element.close()
         self.elements.clear()
+        for recorder in self.recorders.values():
+            recorder.close()
+        self.recorders.clear()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
+
+    # -- observability -----------------------------------------------------------------------
+
+    def _serve_metrics(self) -> None:
+        if self.config.metrics is None or self.metrics is None:
+            return
+        try:
+            self.metrics_server = serve_metrics(self.config.metrics.listen,
+                                                self.metrics.registry)
+        except MetricsServerError as exc:
+            raise OperatorError(f"{self.config.source}: [metrics] {exc}") from exc
+        logger.info("operator %s: metrics on %s", self.config.operator.name,
+                    self.metrics_server.url)
+
+    def _observer(self, role: Role) -> MessageObserver | None:
+        """What the stacks of `role` report their messages to: the trace, the metrics."""
+        observers: list[MessageObserver] = []
+        if self.config.trace is not None:
+            recorder = self.recorders.get(role)
+            if recorder is None:
+                try:
+                    recorder = TraceRecorder(self.config.trace.path, role.value,
+                                             self.config.operator.name)
+                except TraceError as exc:
+                    raise OperatorError(f"{self.config.source}: [trace] {exc}") from exc
+                self.recorders[role] = recorder
+            observers.append(recorder)
+        if self.metrics is not None:
+            observers.append(self.metrics.observer(role.value))
+        if len(observers) > 1:
+            return CompositeObserver(observers)
+        return observers[0] if observers else None
+
+    def _name_flow(self, flow: Address, aor: str | None) -> None:
+        """The P-CSCF learned (or lost) the registration of `flow`: name the UE's column in
+        the trace after the AOR's user part (its number), "UE +15550100001"."""
+        recorder = self.recorders.get(Role.PCSCF)
+        if recorder is None:
+            return
+        names = recorder.names
+        key = str(flow)
+        names.pop(key, None)
+        if aor is None:
+            return
+        user = aor.partition(":")[2].partition("@")[0] or aor
+        names[key] = f"UE {user}"
+        while len(names) > MAX_NAMED_FLOWS:
+            del names[next(iter(names))]
 
     # -- building ----------------------------------------------------------------------------
 
@@ -240,23 +317,26 @@ class Operator:
                     element.router = Pcscf(
                         uri, registrar=scscf_address, internal_hosts=internal, key=key,
                         keepalive=config.pcscf.keepalive, clock=clock,
+                        on_flow=self._name_flow if config.trace is not None else None,
                     )
                     await self._listen(element, settings)
             elif role is Role.SCSCF:
                 assert config.scscf is not None
                 digest = DigestServer(config.scscf.digest_config(secret("digest-nonce")))
+                contacts = RegisteredContacts()  # one count for this process's registrars
                 for host, port, listen in _groups(config.scscf.listen):
                     uri = _uri(host, port, config.scscf.advertised_host)
                     element = self._element(role, uri, listen, timers)
                     registrar = Registrar(
                         config.scscf, self.store, digest,
                         domains={home, config.scscf.realm}, service_route=service_route(uri),
+                        metrics=self.metrics, contacts=contacts,
                     )
                     element.router = Scscf(
                         uri, store=self.store, registrar=registrar, home_domain=home,
                         mnc_lengths=dict(config.dns.mnc_lengths), border=border_address,
                         permission=permission, gateway=gateway, defer=element.defer,
-                        clock=clock,
+                        clock=clock, metrics=self.metrics,
                     )
                     await self._listen(element, None)
             elif role is Role.BORDER:
@@ -276,7 +356,7 @@ class Operator:
                     element.router = Border(
                         uri, config=config.border, home_domain=home, internal_hosts=internal,
                         scscf=scscf_address, locator=locator, key=key, defer=element.defer,
-                        retry_after=retry_after,
+                        retry_after=retry_after, metrics=self.metrics,
                     )
                     await self._listen(element, None)
         logger.info("operator %s (%s, %s) running: %s", name, config.operator.plmn, home,
@@ -286,7 +366,7 @@ class Operator:
         self, role: Role, uri: SipUri, listen: tuple[Address, ...], timers: TimerSettings | None
     ) -> Element:
         layer = TransactionLayer(timers, check_messages=False)
-        stack = SipStack(_ignore, layer=layer)
+        stack = SipStack(_ignore, layer=layer, observer=self._observer(role))
         element = Element(role, uri, listen, stack)
         self.elements.append(element)
         return element

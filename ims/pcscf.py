@@ -128,7 +128,9 @@ class Pcscf:
 
     `registrar` is where REGISTERs go (the S-CSCF); `internal_hosts` the operator's own
     element addresses, whose requests are terminating; `key` seals flow tokens; `keepalive`
-    the Flow-Timer; `clock` the wall clock the registration lifetimes are measured on.
+    the Flow-Timer; `clock` the wall clock the registration lifetimes are measured on;
+    `on_flow` (optional) is told each flow a registration was learned on, with its AOR, and
+    each flow left without one (AOR None): the trace names the UE's column with it.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class Pcscf:
         key: bytes,
         keepalive: float,
         clock: Callable[[], float],
+        on_flow: Callable[[Address, str | None], None] | None = None,
     ) -> None:
         self.uri = uri
         self.registrar = registrar
@@ -147,6 +150,7 @@ class Pcscf:
         self.key = key
         self.keepalive = keepalive
         self.clock = clock
+        self.on_flow = on_flow
         self.registrations: dict[Address, dict[str, PcscfRegistration]] = {}
 
     def __call__(self, request: Request, source: Address) -> Forward | Response:
@@ -226,6 +230,8 @@ class Pcscf:
             table.pop(aor, None)
             if not table:
                 del self.registrations[flow]
+                if self.on_flow is not None:
+                    self.on_flow(flow, None)
             logger.info("P-CSCF %s: %s unregistered over %s", self.uri, aor, flow)
             return response
         used_outbound = outbound and "outbound" in {
@@ -242,6 +248,8 @@ class Pcscf:
         )
         logger.info("P-CSCF %s: %s registered over %s for %d s", self.uri, aor, flow,
                     max(lifetimes))
+        if self.on_flow is not None:
+            self.on_flow(flow, aor)
         if used_outbound:
             # RFC 5626 section 4.4: the keep-alive interval the edge proxy wants.
             headers = response.headers.without("Flow-Timer").appended(

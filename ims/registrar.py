@@ -5,14 +5,19 @@ the wall-clock time, authenticates it with HTTP digest against the store (RFC 87
 and MD5), updates the bindings and returns the final response: the current contacts with
 their lifetimes, Path echoed (RFC 3327), Service-Route (RFC 3608), P-Associated-URI (RFC 3455)
 and, for an RFC 5626 flow, Require: outbound. The steps below are numbered as in 10.3.
+
+With `metrics`, every answered REGISTER counts as accepted (2xx), challenged (401) or
+rejected, and the registrations gauge follows `RegisteredContacts`.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterable
 
 from ims.config import ScscfConfig
+from ims.metrics import OperatorMetrics
 from ims.sip.digest import (
     DigestError,
     DigestServer,
@@ -27,9 +32,51 @@ from ims.sip.message import Request, Response, make_response
 from ims.sip.uri import SipUri, TelUri
 from ims.store import Binding, InvalidIdentity, Store, StoreError, Subscriber, canonical_aor
 
-__all__ = ["Registrar", "subscriber_for"]
+__all__ = ["RegisteredContacts", "Registrar", "subscriber_for"]
 
 logger = logging.getLogger(__name__)
+
+
+class RegisteredContacts:
+    """The contacts registered through the registrars sharing this object (one operator
+    process), for the registrations gauge.
+
+    Counting the store would cost a scan of every subscriber per REGISTER; instead each 200
+    reports the subscriber's whole binding set (RFC 3261 section 10.3 step 8 lists them
+    all) and bindings leave at their expiry time. Bindings made by another process sharing
+    the store count there, so the operator's total is the sum over its processes. Memory:
+    the live bindings, plus one heap entry per refresh not yet due (at most max_expires old).
+    """
+
+    def __init__(self) -> None:
+        self._live: dict[str, dict[tuple[str, str], float]] = {}  # IMPI -> (AOR, contact)
+        self._due: list[tuple[float, str, str, str]] = []  # (expires_at, IMPI, AOR, contact)
+        self._count = 0
+
+    def update(self, impi: str, bindings: Iterable[Binding]) -> None:
+        """The current bindings of subscriber `impi` (all of them: absent ones are gone)."""
+        new = {(b.aor, b.contact): b.expires_at for b in bindings}
+        old = self._live.pop(impi, {})
+        self._count += len(new) - len(old)
+        if new:
+            self._live[impi] = new
+        for (aor, contact), expires_at in new.items():
+            if old.get((aor, contact)) != expires_at:
+                heapq.heappush(self._due, (expires_at, impi, aor, contact))
+
+    def count(self, now: float) -> int:
+        """How many are registered at `now` (the expired ones dropped first)."""
+        due = self._due
+        while due and due[0][0] <= now:
+            expires_at, impi, aor, contact = heapq.heappop(due)
+            live = self._live.get(impi)
+            # A refreshed or removed binding left a stale entry: only the current one counts.
+            if live is not None and live.get((aor, contact)) == expires_at:
+                del live[(aor, contact)]
+                self._count -= 1
+                if not live:
+                    del self._live[impi]
+        return self._count
 
 
 class Registrar:
@@ -37,7 +84,8 @@ class Registrar:
 
     `domains` are the Request-URI hosts this registrar is responsible for (step 1);
     `service_route` the Service-Route value for the 200 (the S-CSCF's URI with `lr` and the
-    originating marker).
+    originating marker); `metrics` (optional) gets the outcome of each REGISTER and the
+    count of `contacts` (shared by the registrars of one process).
     """
 
     def __init__(
@@ -48,14 +96,29 @@ class Registrar:
         *,
         domains: Iterable[str],
         service_route: str,
+        metrics: OperatorMetrics | None = None,
+        contacts: RegisteredContacts | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.digest = digest
         self.domains = frozenset(d.lower().rstrip(".") for d in domains)
         self.service_route = service_route
+        self.metrics = metrics
+        self.contacts = contacts if contacts is not None else RegisteredContacts()
 
     def register(self, request: Request, now: float) -> Response:
+        response = self._answer(request, now)
+        if self.metrics is not None:
+            status = response.status_code
+            self.metrics.registration_attempt(
+                "accepted" if 200 <= status < 300
+                else "challenged" if status in (401, 407) else "rejected"
+            )
+            self.metrics.registration_changed(self.contacts.count(now))
+        return response
+
+    def _answer(self, request: Request, now: float) -> Response:
         try:
             return self._register(request, now)
         except InvalidIdentity as exc:
@@ -192,7 +255,9 @@ class Registrar:
         self, request: Request, subscriber: Subscriber, now: float, *, outbound: bool = False
     ) -> Response:
         extra: list[tuple[str, str]] = []
-        for binding in self._bindings(subscriber, now):
+        bindings = self._bindings(subscriber, now)
+        self.contacts.update(subscriber.impi, bindings)
+        for binding in bindings:
             remaining = max(0, int(binding.expires_at - now))
             extra.append(("Contact", f"<{binding.contact}>;expires={remaining}"))
         # RFC 3327 section 5.3: echo Path only to a UA that supports it.

@@ -14,17 +14,24 @@ Its walk of a request:
 - In-dialog requests follow their Route set (RFC 3261 section 16.12).
 A request with `Require: ueconnect` goes through the permission function (terminating leg)
 and the connectivity gateway (each leg) first (ims.seams), asynchronously.
+
+With `metrics`, a session starts at the first 2xx to an initial INVITE this S-CSCF routed
+and ends at the dialog's BYE (the S-CSCF Record-Routes, so the BYE passes here). Sessions
+whose BYE never comes are forgotten past `MAX_TRACKED_SESSIONS` newer ones, as ended.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from ims.border import DeferWork
 from ims.dns.errors import DnsUsageError
 from ims.dns.plmn import mno_domain
 from ims.extension import OPTION_TAG, TargetMno, option_tags, requires_extension, target_mno_of
+from ims.metrics import OperatorMetrics
 from ims.pcscf import pop_own_route
 from ims.registrar import Registrar, subscriber_for
 from ims.seams import ConnectivityGateway, ConnectRequest, Leg, PermissionFunction, Refusal
@@ -35,7 +42,7 @@ from ims.sip.proxy import Defer, Forward, Target
 from ims.sip.uri import SipUri, parse_uri
 from ims.store import Store, Subscriber
 
-__all__ = ["END_TO_END_TAGS", "ORIG_USER", "Scscf", "service_route"]
+__all__ = ["END_TO_END_TAGS", "MAX_TRACKED_SESSIONS", "ORIG_USER", "Scscf", "service_route"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,9 @@ END_TO_END_TAGS = frozenset(
      "join", "from-change", "path", "outbound", "gruu", "sec-agree"}
 )
 """Require tags the UEs handle end to end: passed on, not refused."""
+
+MAX_TRACKED_SESSIONS = 100_000
+"""Bound on the sessions the S-CSCF remembers for the sessions gauge."""
 
 
 def service_route(uri: SipUri) -> str:
@@ -71,6 +81,7 @@ class Scscf:
         gateway: ConnectivityGateway,
         defer: DeferWork,
         clock: Callable[[], float],
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.uri = uri
         self.store = store
@@ -82,12 +93,16 @@ class Scscf:
         self.gateway = gateway
         self.defer = defer
         self.clock = clock
+        self.metrics = metrics
+        self.sessions: OrderedDict[str, None] = OrderedDict()  # Call-IDs of live sessions
 
     def __call__(self, request: Request, source: Address) -> Forward | Response | Defer:
         request, own = pop_own_route(request, self.uri)
         if request.method == "REGISTER":
             return self.registrar.register(request, self.clock())
         if request.to.tag is not None or request.method == "ACK":
+            if request.method == "BYE":
+                self._session_ended(request.call_id)
             return Forward((Target(request.uri),), request=request)
         originating = own is not None and isinstance(own.uri, SipUri) and own.uri.user == ORIG_USER
         if originating:
@@ -134,7 +149,7 @@ class Scscf:
         # The border's 503 says the peer operator is unreachable: the caller gets it as is.
         return Forward(
             (Target(request.uri, self.border),), record_route=True, request=request,
-            relay_503=True,
+            relay_503=True, rewrite_response=self._session_watch(request),
         )
 
     def _names_us(self, target_mno: TargetMno | None) -> bool | None:
@@ -177,7 +192,32 @@ class Scscf:
             return make_response(request, 480, "Temporarily Unavailable (no usable contact)")
         logger.info("S-CSCF %s: %s for %s to %d contact%s", self.uri, request.method,
                     request.uri, len(targets), "" if len(targets) == 1 else "s")
-        return Forward(tuple(targets), record_route=True, request=request)
+        return Forward(tuple(targets), record_route=True, request=request,
+                       rewrite_response=self._session_watch(request))
+
+    # -- sessions (metrics) -----------------------------------------------------------------
+
+    def _session_watch(self, request: Request) -> Callable[[Response], Response] | None:
+        if self.metrics is None or request.method != "INVITE":
+            return None
+        return partial(self._on_invite_response, request.call_id)
+
+    def _on_invite_response(self, call_id: str, response: Response) -> Response:
+        # Every 2xx of the INVITE passes here (RFC 3261 section 16.7 item 5), retransmissions
+        # and forks included: the first one starts the session.
+        if 200 <= response.status_code < 300 and call_id not in self.sessions:
+            assert self.metrics is not None
+            self.sessions[call_id] = None
+            self.metrics.session_started()
+            while len(self.sessions) > MAX_TRACKED_SESSIONS:
+                self.sessions.popitem(last=False)
+                self.metrics.session_ended()
+        return response
+
+    def _session_ended(self, call_id: str) -> None:
+        if self.metrics is not None and call_id in self.sessions:
+            del self.sessions[call_id]
+            self.metrics.session_ended()
 
     # -- the seams (issue 5 and issue 6) ----------------------------------------------------
 

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from ims.config import ConfigError, OperatorConfig, Role, load_config
+from ims.config import (
+    ConfigError,
+    HostPort,
+    MetricsConfig,
+    OperatorConfig,
+    Role,
+    load_config,
+)
 from ims.sip.errors import SipError
 from ims.store import StoreError
+
+if TYPE_CHECKING:
+    from ims.operator import Operator
 
 _ROLES = [role.value for role in Role]
 
@@ -30,7 +43,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument("--role", action="append", choices=_ROLES, metavar="NAME",
                         help=f"run only this role ({', '.join(_ROLES)}); repeat for several; "
                              "default: every role the file configures")
+    parser.add_argument("--metrics-listen", type=_metrics_listen, metavar="HOST:PORT|off",
+                        help="serve /metrics here instead of the file's [metrics] listen, or "
+                             "not at all (\"off\"): each process of an operator whose roles "
+                             "run separately needs its own")
     parser.set_defaults(func=_mno)
+
+
+_OFF = "off"
+
+
+def _metrics_listen(text: str) -> HostPort | str:
+    if text.lower() == _OFF:
+        return _OFF
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]") if host.startswith("[") else host
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not sep or not 1 <= number <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (an IP literal, [::1] for IPv6, and a port 1-65535) "
+            "nor \"off\"")
+    return HostPort(host, number)
 
 
 def _mno(args: argparse.Namespace) -> int:
@@ -45,6 +82,9 @@ def _mno(args: argparse.Namespace) -> int:
         print(f"{args.config}: OK (roles: {', '.join(config.roles)})")
         return 0
     roles = [Role(name) for name in args.role] if args.role else None
+    if args.metrics_listen is not None:
+        metrics = None if args.metrics_listen == _OFF else MetricsConfig(args.metrics_listen)
+        config = dataclasses.replace(config, metrics=metrics)
     return run_operator(config, roles)
 
 
@@ -69,12 +109,37 @@ async def _serve(config: OperatorConfig, roles: Sequence[Role] | None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with Operator.start(config, roles=roles):
+        async with Operator.start(config, roles=roles) as operator:
+            print(describe(operator), flush=True)
             await stop.wait()
-            logging.getLogger("ims.operator").info(
-                "operator %s stopping", config.operator.name
-            )
+            print(f"ueconnect mno: {config.operator.name} stopping", flush=True)
     except (OperatorError, StoreError, SipError, OSError) as exc:
-        print(f"ueconnect mno: {config.source}: cannot run: {exc}", file=sys.stderr)
+        text = str(exc)  # OperatorError names the file already
+        where = "" if text.startswith(str(config.source)) else f"{config.source}: "
+        print(f"ueconnect mno: cannot run: {where}{text}", file=sys.stderr)
         return 1
+    print(f"ueconnect mno: {config.operator.name} stopped", flush=True)
     return 0
+
+
+def describe(operator: Operator) -> str:
+    """Where a running operator listens, one line per element, for the terminal."""
+    from ims.operator import ROLE_NAMES
+
+    config = operator.config
+    identity = config.operator
+    lines = [f"ueconnect mno: {identity.name} (PLMN {identity.plmn}, {identity.home_domain}) "
+             "running; Ctrl-C stops it"]
+    rows: list[tuple[str, str]] = []
+    for element in operator.elements:
+        listen = ", ".join(str(a) for a in element.listen)
+        rows.append((ROLE_NAMES[element.role], f"{element.uri}  ({listen})"))
+    server = operator.metrics_server
+    rows.append(("metrics", server.url if server is not None else "off (no [metrics])"))
+    rows.append(("trace", str(config.trace.path) if config.trace is not None
+                 else "off (no [trace])"))
+    rows.append(("store", f"{config.store.backend} {config.store.path}"))
+    rows.append(("DNS", f"{config.dns.server} (ENUM under {config.dns.enum_suffix})"))
+    width = max(len(name) for name, _ in rows)
+    lines += [f"  {name:<{width}}  {text}" for name, text in rows]
+    return "\n".join(lines)
