@@ -9,20 +9,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_demo_exits_zero_and_reports_each_step() -> None:
+def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
+    out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "ims", "demo"], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" ok ") == 3, result.stdout
-    assert "FAIL" not in result.stdout
-
-
-def test_demo_names_a_missing_zone_directory(tmp_path: Path) -> None:
-    missing = tmp_path / "nope"
-    result = subprocess.run(
-        [sys.executable, "-m", "ims", "demo", "--zones", str(missing)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "ims", "demo", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
-    assert result.returncode == 2
-    assert str(missing) in result.stderr and "--zones" in result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" ok ") == 5, result.stdout
+    assert "FAIL" not in result.stdout
+    # Both operators' roles on the ladder, and the HTML copy of it.
+    for column in ("Alpha P-CSCF", "Alpha Border", "Beta Border", "Beta P-CSCF"):
+        assert column in result.stdout
+    assert (out / "ladder.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_demo_says_what_is_in_the_way_when_the_plan_addresses_are_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(("127.0.1.1", 5100))  # Alpha's P-CSCF in the loopback plan
+        result = subprocess.run(
+            [sys.executable, "-m", "ims", "demo", "--out", str(tmp_path / "out")],
+            cwd=ROOT, capture_output=True, text=True, timeout=90,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert "127.0.1.1" in result.stderr and "ueconnect mno" in result.stderr
