@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import Benchmark, dns_locator, proxy_cps, sip_parse
+from bench import Benchmark, dns_locator, operator_rates, proxy_cps, sip_parse
 
 # The registry: add a benchmark module's BENCHMARK here and `python3 -m bench` runs it.
 BENCHMARKS: tuple[Benchmark, ...] = (
     sip_parse.BENCHMARK,
     proxy_cps.BENCHMARK,
     dns_locator.BENCHMARK,
+    operator_rates.BENCHMARK,
 )
 
 
