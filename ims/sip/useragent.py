@@ -369,6 +369,9 @@ class UserAgent:
             self._on_in_dialog(event)
             return
         if request.method == "INVITE":
+            # Section 8.2.6.1 / 17.2.1: a 100 at once quenches retransmissions and lets
+            # proxies cancel this branch (they wait for a provisional before a CANCEL, 9.1).
+            self.stack.respond(event.key, make_response(request, 100))
             incoming = IncomingCall(self, request, event.source, event.key, self.ids.tag())
             self._pending[event.key] = incoming
             if self.on_incoming is not None:
