@@ -1,4 +1,5 @@
-"""The operator's state store: subscribers, registrar bindings, sessions.
+"""The operator's state store: subscribers, registrar bindings, sessions, permission rules
+and the permission audit.
 
 One interface (`Store`, a typing.Protocol) with backends behind it: SQLite now
 (`ims.store.sqlite.SqliteStore`), Redis later for operators running several proxy instances.
@@ -11,7 +12,11 @@ well-formed values:
   form of RFC 3261 section 10.3 step 5) and digest HA1 values per realm, never a password
   (`new_subscriber` computes them, RFC 7616 section 3.4.2);
 - `Binding`: one registered contact of an AOR (RFC 3261 section 10.3, RFC 5626 flows);
-- `Session`: one call the operator takes part in, with a JSON `details` object for later use.
+- `Session`: one call the operator takes part in, with a JSON `details` object for later use;
+- `StoredRuleSet`: a subscriber's published permission rule set (docs/extension.md section
+  6.3: the JSON as published, its SIP-ETag and when it expires);
+- `ims.permission.audit.DecisionRecord`: one permission decision (section 11), kept in the
+  `decisions` table.
 """
 
 from __future__ import annotations
@@ -33,16 +38,19 @@ from ims.sip.uri import SipUri, TelUri, parse_uri
 
 if TYPE_CHECKING:
     from ims.config import StoreConfig
+    from ims.permission.audit import DecisionRecord
 
 __all__ = [
     "SESSION_ENDED",
     "Binding",
     "BindingTable",
+    "DecisionTable",
     "DigestHA1",
     "DuplicateSession",
     "DuplicateSubscriber",
     "InvalidIdentity",
     "InvalidRecord",
+    "RuleSetTable",
     "SchemaTooNew",
     "Session",
     "SessionEnded",
@@ -51,6 +59,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "StoreUsageError",
+    "StoredRuleSet",
     "Subscriber",
     "SubscriberTable",
     "UnknownSession",
@@ -388,6 +397,41 @@ class Session:
         return not self.ended and self.expires_at > now
 
 
+@dataclass(frozen=True)
+class StoredRuleSet:
+    """A subscriber's permission rule set as published (docs/extension.md section 6.3).
+
+    `subscriber` is the IMPI; `body` the JSON text (the permission function validates it
+    before it is stored; the store checks only that it is a JSON object); `etag` the
+    SIP-ETag granted (RFC 3903 section 4.1); `expires_at` when the set lapses.
+    """
+
+    subscriber: str
+    body: str
+    etag: str
+    expires_at: float
+    updated_at: float
+
+    def __post_init__(self) -> None:
+        if validate_impi(self.subscriber) != self.subscriber:
+            raise InvalidIdentity(self.subscriber, "not in stored form; pass it through "
+                                  "validate_impi() first")
+        try:
+            value = json.loads(self.body)
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, dict):
+            raise InvalidRecord("a rule set body must be a JSON object")
+        # RFC 3261 section 25.1 token: a SIP-ETag is a token (RFC 3903 section 11.3.1).
+        if not self.etag or not re.fullmatch(r"[A-Za-z0-9\-.!%*_+`'~]+", self.etag):
+            raise InvalidRecord(f"SIP-ETag {self.etag!r} is not a token")
+        _finite("expires_at", self.expires_at)
+        _finite("updated_at", self.updated_at)
+
+    def active(self, now: float) -> bool:
+        return self.expires_at > now
+
+
 # --------------------------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------------------------
@@ -454,6 +498,28 @@ class SessionTable(Protocol):
         can be released)."""
 
 
+class RuleSetTable(Protocol):
+    def put(self, identity: str, body: str, *, etag: str, expires_at: float,
+            now: float) -> StoredRuleSet:
+        """Store the rule set of the subscriber `identity` (IMPI or any IMPU) in place of
+        the one it had. Raises UnknownSubscriber."""
+
+    def get(self, identity: str, now: float) -> StoredRuleSet | None:
+        """The subscriber's unexpired rule set, None when it has none."""
+
+    def remove(self, identity: str) -> StoredRuleSet | None:
+        """Remove it (PUBLISH with Expires 0), returning it when there was one."""
+
+
+class DecisionTable(Protocol):
+    def record(self, decision: DecisionRecord) -> None:
+        """Keep one decision (kept after the subscriber is removed: it is an audit)."""
+
+    def list(self, subscriber: str, limit: int = 100) -> tuple[DecisionRecord, ...]:
+        """The latest `limit` decisions whose callee is the subscriber (IMPI or any IMPU; all
+        its public identities count), newest first."""
+
+
 class Store(Protocol):
     """The operator's state. Use as a context manager or call `close()`."""
 
@@ -465,6 +531,12 @@ class Store(Protocol):
 
     @property
     def sessions(self) -> SessionTable: ...
+
+    @property
+    def rules(self) -> RuleSetTable: ...
+
+    @property
+    def decisions(self) -> DecisionTable: ...
 
     def secret(self, name: str, create: Callable[[], bytes]) -> bytes:
         """The stored secret `name`, storing `create()` first when there is none (e.g. the

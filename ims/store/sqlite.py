@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ims.sip.address import Address
 from ims.store import (
@@ -31,7 +31,9 @@ from ims.store import (
     SchemaTooNew,
     Session,
     SessionEnded,
+    StoredRuleSet,
     StoreUnavailable,
+    StoreUsageError,
     Subscriber,
     UnknownSession,
     UnknownSubscriber,
@@ -39,6 +41,9 @@ from ims.store import (
     canonical_aor,
     validate_impi,
 )
+
+if TYPE_CHECKING:
+    from ims.permission.audit import DecisionRecord
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -109,6 +114,36 @@ MIGRATIONS: tuple[Migration, ...] = (
             value BLOB NOT NULL
         )""",
     ),
+    # 2: the permission function (docs/extension.md): published rule sets (section 6.3) and
+    # the decision audit (section 11).
+    (
+        """CREATE TABLE rule_set (
+            impi TEXT PRIMARY KEY NOT NULL REFERENCES subscriber(impi) ON DELETE CASCADE,
+            body TEXT NOT NULL,
+            etag TEXT NOT NULL,
+            expires_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        # No foreign key: the audit outlives the subscription. `callee_aor` is the callee's
+        # canonical AOR, the key records are listed under.
+        """CREATE TABLE decision (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            call_id TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            caller_mno TEXT NOT NULL,
+            callee TEXT NOT NULL,
+            callee_aor TEXT NOT NULL,
+            application TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            how TEXT NOT NULL,
+            detail TEXT,
+            inquiry TEXT,
+            anonymous INTEGER NOT NULL,
+            note TEXT
+        )""",
+        "CREATE INDEX decision_by_callee ON decision(callee_aor, at)",
+    ),
 )
 
 
@@ -146,6 +181,8 @@ class SqliteStore:
         self._subscribers = _Subscribers(self)
         self._bindings = _Bindings(self)
         self._sessions = _Sessions(self)
+        self._rules = _RuleSets(self)
+        self._decisions = _Decisions(self)
 
     # ---- Store ------------------------------------------------------------------------------
 
@@ -160,6 +197,14 @@ class SqliteStore:
     @property
     def sessions(self) -> _Sessions:
         return self._sessions
+
+    @property
+    def rules(self) -> _RuleSets:
+        return self._rules
+
+    @property
+    def decisions(self) -> _Decisions:
+        return self._decisions
 
     def secret(self, name: str, create: Callable[[], bytes]) -> bytes:
         with self.write() as db:
@@ -494,3 +539,100 @@ class _Sessions:
         if row is None:
             raise UnknownSession(call_id)
         return _session(row)
+
+
+# --------------------------------------------------------------------------------------------
+# The permission function's tables
+# --------------------------------------------------------------------------------------------
+
+
+def _aor_or_text(identity: str) -> str:
+    try:
+        return canonical_aor(identity)
+    except StoreUsageError:
+        return identity.strip()
+
+
+class _RuleSets:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def put(self, identity: str, body: str, *, etag: str, expires_at: float,
+            now: float) -> StoredRuleSet:
+        impi = self._impi(identity)
+        record = StoredRuleSet(impi, body, etag, expires_at, now)
+        with self._store.write() as db:
+            db.execute("INSERT OR REPLACE INTO rule_set (impi, body, etag, expires_at, "
+                       "updated_at) VALUES (?, ?, ?, ?, ?)",
+                       (impi, body, etag, expires_at, now))
+        return record
+
+    def get(self, identity: str, now: float) -> StoredRuleSet | None:
+        impi = self._store.subscribers._impi_of(identity)
+        if impi is None:
+            return None
+        rows = self._store.read("SELECT impi, body, etag, expires_at, updated_at FROM rule_set "
+                                "WHERE impi = ? AND expires_at > ?", (impi, now))
+        return StoredRuleSet(*rows[0]) if rows else None
+
+    def remove(self, identity: str) -> StoredRuleSet | None:
+        impi = self._store.subscribers._impi_of(identity)
+        if impi is None:
+            return None
+        with self._store.write() as db:
+            row = db.execute("SELECT impi, body, etag, expires_at, updated_at FROM rule_set "
+                             "WHERE impi = ?", (impi,)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM rule_set WHERE impi = ?", (impi,))
+        return StoredRuleSet(*row)
+
+    def _impi(self, identity: str) -> str:
+        impi = self._store.subscribers._impi_of(identity)
+        if impi is None:
+            raise UnknownSubscriber(identity)
+        return impi
+
+
+_DECISION_COLUMNS = (
+    "at, call_id, caller, caller_mno, callee, application, outcome, how, detail, inquiry, "
+    "anonymous, note"
+)
+
+
+class _Decisions:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def record(self, decision: DecisionRecord) -> None:
+        d = decision
+        with self._store.write() as db:
+            db.execute(
+                f"INSERT INTO decision ({_DECISION_COLUMNS}, callee_aor) VALUES "
+                f"({', '.join('?' * 13)})",
+                (d.at, d.call_id, d.caller, d.caller_mno, d.callee, d.application,
+                 str(d.outcome), str(d.how), d.detail, d.inquiry, int(d.anonymous), d.note,
+                 _aor_or_text(d.callee)),
+            )
+
+    def list(self, subscriber: str, limit: int = 100) -> tuple[DecisionRecord, ...]:
+        from ims.permission.audit import DecisionRecord
+
+        if isinstance(limit, bool) or limit < 1:
+            raise StoreUsageError(f"limit must be at least 1, not {limit!r}")
+        impi = self._store.subscribers._impi_of(subscriber)
+        if impi is not None:
+            keys = [r[0] for r in self._store.read("SELECT impu FROM impu WHERE impi = ?",
+                                                   (impi,))]
+        else:
+            keys = [_aor_or_text(subscriber)]
+        rows = self._store.read(
+            f"SELECT {_DECISION_COLUMNS} FROM decision WHERE callee_aor IN "
+            f"({', '.join('?' * len(keys))}) ORDER BY at DESC, id DESC LIMIT ?",
+            (*keys, limit))
+        return tuple(
+            DecisionRecord(at, call_id, caller, caller_mno, callee, application, outcome, how,
+                           detail, inquiry, bool(anonymous), note)
+            for (at, call_id, caller, caller_mno, callee, application, outcome, how, detail,
+                 inquiry, anonymous, note) in rows
+        )
