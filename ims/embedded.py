@@ -140,10 +140,13 @@ class EmbeddedWorld:
     ) -> AsyncIterator[EmbeddedWorld]:
         """Run the world until the block exits; raises BindError when a plan address is
         taken (another `ueconnect mno` or demo running)."""
+        workdir = workdir.resolve()  # config paths resolve against the config file's directory
         workdir.mkdir(parents=True, exist_ok=True)
         trace_path = workdir / "trace.jsonl" if trace else None
-        if trace_path is not None and trace_path.exists():
-            trace_path.unlink()
+        # The demo world starts afresh: no bindings of an earlier run's UEs, no old trace.
+        stale = [*workdir.glob("*.sqlite"), *workdir.glob("*.sqlite-*")]
+        for path in (*stale, *((trace_path,) if trace_path else ())):
+            path.unlink(missing_ok=True)
         subscribers = demo_subscribers()
         async with AsyncExitStack() as stack:
             dns = await stack.enter_async_context(await start_server(ZONES, "127.0.0.1", dns_port))

@@ -22,6 +22,13 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
     for column in ("Alpha P-CSCF", "Alpha Border", "Beta Border", "Beta P-CSCF"):
         assert column in result.stdout
     assert (out / "ladder.html").read_text().startswith("<!DOCTYPE html>")
+    # A second run in the same directory starts afresh (no stale bindings or trace).
+    again = subprocess.run(
+        [sys.executable, "-m", "ims", "demo", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count(" ok ") == 5
 
 
 def test_demo_says_what_is_in_the_way_when_the_plan_addresses_are_taken(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from ims.dns.locator import Locator, LocatorConfig
 from ims.embedded import DemoSubscriber, EmbeddedWorld
 from ims.operator import OperatorError
 from ims.sip.errors import SipError
+from ims.sip.transport import BindError
 from ims.sip.uri import SipUri, TelUri
 from ims.sip.useragent import Call, IncomingCall, UserAgent
 from ims.trace import TraceError, calls, read_trace, render_ladder, render_ladder_html
@@ -191,11 +192,14 @@ def _demo(args: argparse.Namespace) -> int:
     logging.getLogger("ims.seams").setLevel(logging.ERROR)
     try:
         return asyncio.run(_scenario(args.out))
-    except (OperatorError, ConfigError, SipError, OSError) as exc:
+    except BindError as exc:
         print(
             f"ueconnect demo: cannot start the embedded world: {exc}\n"
-            "  (is another `ueconnect demo` or `ueconnect mno` using the loopback plan's "
-            "addresses 127.0.1.x/127.0.2.x?)",
+            "  Another `ueconnect demo` or `ueconnect mno` may be using the loopback plan's "
+            "addresses (127.0.1.x, 127.0.2.x): stop it and run the demo again.",
             file=sys.stderr,
         )
+        return 1
+    except (OperatorError, ConfigError, SipError, OSError) as exc:
+        print(f"ueconnect demo: cannot start the embedded world: {exc}", file=sys.stderr)
         return 1
