@@ -42,3 +42,16 @@ def test_demo_says_what_is_in_the_way_when_the_plan_addresses_are_taken(tmp_path
         )  # fmt: skip
     assert result.returncode == 1
     assert "127.0.1.1" in result.stderr and "ueconnect mno" in result.stderr
+
+
+def test_demo_with_the_default_relative_out_directory(tmp_path: Path) -> None:
+    # `make demo` runs `ueconnect demo` from the checkout with the default ./ueconnect-demo.
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "ims", "demo"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "ueconnect-demo" / "trace.jsonl").exists()
