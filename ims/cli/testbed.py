@@ -1,0 +1,145 @@
+"""`ueconnect testbed up|down|status`: the network-namespace testbed (needs root)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ims.testbed.builder import TestbedBuilder, check_host
+from ims.testbed.errors import AlreadyUp, NamespaceTaken, StateUnreadable, TestbedError
+from ims.testbed.state import DEFAULT_STATE_DIR
+from ims.testbed.topology import PREFIX, NatBehaviour, TestbedOptions, build_plan
+
+# `status` exit codes: up, partly there (a failed or interrupted up), nothing recorded.
+STATUS_UP, STATUS_PARTIAL, STATUS_DOWN = 0, 1, 3
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "testbed", help="network-namespace testbed: UEs behind CGNs, cores, DNS (root)")
+
+    def usage(args: argparse.Namespace) -> int:
+        parser.print_help(sys.stderr)
+        return 2
+
+    parser.set_defaults(func=usage)
+    commands = parser.add_subparsers(dest="testbed_command", metavar="ACTION")
+
+    def state_dir(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR, metavar="DIR",
+                       help=f"where the record of what was created lives "
+                            f"(default {DEFAULT_STATE_DIR})")
+        p.add_argument("--show-commands", action="store_true",
+                       help="print every ip/nft/sysctl/tc command as it runs")
+
+    up = commands.add_parser("up", help="build the testbed (a no-op when it is up already)")
+    up.add_argument("--nat", choices=[n.value for n in NatBehaviour],
+                    default=NatBehaviour.SYMMETRIC.value,
+                    help="CGN mapping: symmetric = new random port per destination (default); "
+                         "eim = endpoint-independent (source port kept)")
+    up.add_argument("--netem-delay", type=int, metavar="MS",
+                    help="one-way delay on each UE's radio link (needs the sch_netem module)")
+    up.add_argument("--prefix", default=PREFIX, metavar="uec-NAME-",
+                    help=f"namespace name prefix (default {PREFIX}); another prefix and "
+                         "--state-dir make a second testbed beside the first")
+    up.add_argument("--keep-partial", action="store_true",
+                    help="on failure leave what was built (for inspection) instead of "
+                         "removing it; `down` removes it later")
+    state_dir(up)
+    up.set_defaults(func=_up)
+
+    down = commands.add_parser("down", help="remove everything `up` created")
+    state_dir(down)
+    down.set_defaults(func=_down)
+
+    status = commands.add_parser(
+        "status", help=f"what is up (exit {STATUS_UP} up, {STATUS_PARTIAL} partial, "
+                       f"{STATUS_DOWN} down)")
+    state_dir(status)
+    status.set_defaults(func=_status)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"ueconnect testbed {command}: {message}", file=sys.stderr)
+    return 1
+
+
+def _builder(args: argparse.Namespace) -> TestbedBuilder:
+    log = (lambda line: print(f"+ {line}", file=sys.stderr)) if args.show_commands else None
+    return TestbedBuilder(args.state_dir, log=log)
+
+
+def _up(args: argparse.Namespace) -> int:
+    try:
+        options = TestbedOptions(nat=NatBehaviour(args.nat), netem_delay_ms=args.netem_delay,
+                                 prefix=args.prefix)
+        plan = build_plan(options)
+        check_host(plan)
+    except TestbedError as exc:
+        return _fail("up", str(exc))
+    builder = _builder(args)
+    try:
+        before = builder.state_file.load()
+        state = builder.up(plan)
+    except (AlreadyUp, NamespaceTaken, StateUnreadable) as exc:
+        return _fail("up", str(exc))  # refused before touching anything: nothing to undo
+    except TestbedError as exc:
+        if args.keep_partial:
+            return _fail("up", f"{exc}\nwhat was built is kept (state "
+                               f"{builder.state_file.path}); `ueconnect testbed down` removes it")
+        try:
+            builder.down()
+        except TestbedError as cleanup:
+            return _fail("up", f"{exc}\nremoving the partial testbed failed too: {cleanup}; "
+                               f"the state {builder.state_file.path} names what is left")
+        return _fail("up", f"{exc}\nthe partial testbed was removed")
+    again = before is not None and before.complete
+    print(f"testbed {'already up' if again else 'up'}: --nat {options.nat.value}, "
+          f"{len(state.namespaces)} namespaces ({options.prefix}*), state "
+          f"{builder.state_file.path}")
+    for warning in state.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    builder = _builder(args)
+    try:
+        check_host(build_plan(TestbedOptions()))
+        if builder.state_file.load() is None:
+            print(f"no testbed recorded in {builder.state_file.path}; nothing to remove")
+            return 0
+        result = builder.down()
+    except TestbedError as exc:
+        return _fail("down", str(exc))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"testbed down: removed {len(result.removed)} namespaces"
+          + (f" ({', '.join(result.removed)})" if result.removed else ""))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    builder = _builder(args)
+    try:
+        check_host(build_plan(TestbedOptions()))
+        status = builder.status()
+    except TestbedError as exc:
+        return _fail("status", str(exc))
+    for stray in status.strays:
+        print(f"note: namespace {stray} is not recorded as part of the testbed")
+    if status.state is None:
+        print(f"testbed down (no state in {builder.state_file.path})")
+        return STATUS_DOWN
+    opts = status.state.options
+    delay = f"{opts.netem_delay_ms} ms" if opts.netem_delay_ms is not None else "none"
+    print(f"testbed {'up' if status.up else 'PARTIAL (a failed up? run down)'}: "
+          f"--nat {opts.nat.value}, netem delay {delay}, state {builder.state_file.path}")
+    for ns in status.namespaces:
+        print(f"  {ns.name:<20} {'present' if ns.present else 'MISSING':<8} {ns.purpose}")
+        for line in ns.addresses:
+            print(f"      {' '.join(line.split())}")
+    for warning in status.state.warnings:
+        print(f"warning: {warning}")
+    return STATUS_UP if status.up else STATUS_PARTIAL
