@@ -46,6 +46,7 @@ __all__ = [
     "OperatorIdentity",
     "PcscfConfig",
     "PeerConfig",
+    "PermissionConfig",
     "Role",
     "ScscfConfig",
     "StoreConfig",
@@ -256,6 +257,14 @@ class TraceConfig:
 
 
 @dataclass(frozen=True)
+class PermissionConfig:
+    """[permission]: the permission function of docs/extension.md section 5 runs at this
+    operator's S-CSCF; `deadline` is how long it waits for a UE's answer (section 5.5)."""
+
+    deadline: int = 10
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """[log]: the logging level name (DEBUG, INFO, WARNING, ERROR)."""
 
@@ -276,6 +285,7 @@ class OperatorConfig:
     border: BorderConfig | None = None
     metrics: MetricsConfig | None = None
     trace: TraceConfig | None = None
+    permission: PermissionConfig | None = None
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -636,7 +646,8 @@ _HOST_PORT_WHAT = "HOST:PORT with HOST an IP literal ([::1] for IPv6) and PORT 1
 _FINGERPRINT_RE = re.compile(r"(?i)SHA-256 (?:[0-9A-F]{2}:){31}[0-9A-F]{2}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 section 25.1 delta-seconds, as ims.sip uses
-_SECTIONS = ("operator", "store", "dns", "pcscf", "scscf", "border", "metrics", "trace", "log")
+_SECTIONS = ("operator", "store", "dns", "pcscf", "scscf", "border", "metrics", "trace",
+             "permission", "log")
 
 
 # --------------------------------------------------------------------------------------------
@@ -679,6 +690,7 @@ class _Validator:
         border = self.border(t, identity, dns) if (t := top.table("border")) else None
         metrics = self.metrics(t) if (t := top.table("metrics")) else None
         trace = self.trace(t) if (t := top.table("trace")) else None
+        permission = self.permission(t) if (t := top.table("permission")) else None
         log = self.log(top.table("log") or _Table({}, ("log",), self.problems))
         top.finish("unknown section; sections are " + ", ".join(f"[{s}]" for s in _SECTIONS))
 
@@ -690,10 +702,12 @@ class _Validator:
         # Every section builder reports a problem whenever it returns None.
         assert all(s is not None for s, k in ((pcscf, "pcscf"), (scscf, "scscf"),
                                               (border, "border"), (metrics, "metrics"),
-                                              (trace, "trace")) if top.present(k))
+                                              (trace, "trace"), (permission, "permission"))
+                   if top.present(k))
         return OperatorConfig(
             source=self.source, operator=identity, store=store, dns=dns, log=log,
             pcscf=pcscf, scscf=scscf, border=border, metrics=metrics, trace=trace,
+            permission=permission,
         )
 
     # ---- [operator] ------------------------------------------------------------------------
@@ -1101,6 +1115,12 @@ class _Validator:
         path = self.path(t, "path", "a file path for the JSON-lines ladder log")
         t.finish()
         return None if path is None or self.failed_since(mark) else TraceConfig(path)
+
+    def permission(self, t: _Table) -> PermissionConfig | None:
+        # Section 5.5: the operator waits at most 30 seconds for an answer.
+        deadline = t.number("deadline", "whole seconds, 1 to 30", 10, 1, 30, True)
+        t.finish()
+        return None if deadline is None else PermissionConfig(int(deadline))
 
     def log(self, t: _Table) -> LogConfig | None:
         level = t.string("level", "one of debug, info, warning, error", default="info")

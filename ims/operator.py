@@ -42,6 +42,8 @@ from ims.metrics import (
     serve_metrics,
 )
 from ims.pcscf import Pcscf
+from ims.permission.function import DeciderConfig
+from ims.permission.service import PermissionService, permission_uri
 from ims.registrar import RegisteredContacts, Registrar
 from ims.scscf import Scscf, service_route
 from ims.seams import (
@@ -158,6 +160,8 @@ class Operator:
         )
         self.metrics_server: MetricsServer | None = None
         self.recorders: dict[Role, TraceRecorder] = {}  # [trace]: one per role, one file
+        # [permission]: the permission function beside the S-CSCF (docs/extension.md 5).
+        self.permission: PermissionService | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -178,7 +182,10 @@ class Operator:
 
         `store` defaults to the configured one (closed on exit; a given one is not);
         `timers` are the SIP timers of every element (tests shorten them); `clock` is the
-        wall clock of registrations and nonces. Raises OperatorError, BindError.
+        wall clock of registrations and nonces. `permission` replaces the permission
+        function; without it, the S-CSCF runs ims.permission.service when the file has a
+        [permission] section, and allows with a logged warning otherwise. Raises
+        OperatorError, BindError.
         """
         owned = store is None
         store = open_store(config.store) if store is None else store
@@ -187,7 +194,7 @@ class Operator:
             await operator._build(
                 tuple(roles) if roles is not None else config.roles,
                 timers=timers,
-                permission=permission or LoggingPermission(),
+                permission=permission,
                 gateway=gateway or LoggingGateway(),
                 locator=locator,
                 clock=clock,
@@ -220,6 +227,9 @@ class Operator:
         for element in self.elements:
             await element.close()
         self.elements.clear()
+        if self.permission is not None:
+            await self.permission.close()
+            self.permission = None
         for recorder in self.recorders.values():
             recorder.close()
         self.recorders.clear()
@@ -282,7 +292,7 @@ class Operator:
         roles: tuple[Role, ...],
         *,
         timers: TimerSettings | None,
-        permission: PermissionFunction,
+        permission: PermissionFunction | None,
         gateway: ConnectivityGateway,
         locator: Locator | None,
         clock: Callable[[], float],
@@ -324,9 +334,21 @@ class Operator:
                 assert config.scscf is not None
                 digest = DigestServer(config.scscf.digest_config(secret("digest-nonce")))
                 contacts = RegisteredContacts()  # one count for this process's registrars
+                if permission is None and config.permission is not None:
+                    # Its UAC sends inquiries from the S-CSCF's host, which the P-CSCF
+                    # counts as the operator's core (terminating requests).
+                    self.permission = PermissionService(
+                        DeciderConfig(permission_uri(home), config.permission.deadline),
+                        store=self.store, home_domain=home, clock=clock, timers=timers,
+                    )
+                    await self.permission.start(_first(config.scscf.listen).host)
                 for host, port, listen in _groups(config.scscf.listen):
                     uri = _uri(host, port, config.scscf.advertised_host)
                     element = self._element(role, uri, listen, timers)
+                    if config.permission is not None:
+                        # The INVITE waits for the callee's answer: let it wait that long.
+                        element.defer_timeout = max(element.defer_timeout,
+                                                    config.permission.deadline + 5.0)
                     registrar = Registrar(
                         config.scscf, self.store, digest,
                         domains={home, config.scscf.realm}, service_route=service_route(uri),
@@ -335,8 +357,9 @@ class Operator:
                     element.router = Scscf(
                         uri, store=self.store, registrar=registrar, home_domain=home,
                         mnc_lengths=dict(config.dns.mnc_lengths), border=border_address,
-                        permission=permission, gateway=gateway, defer=element.defer,
-                        clock=clock, metrics=self.metrics,
+                        permission=self.permission or permission or LoggingPermission(),
+                        gateway=gateway, defer=element.defer, clock=clock,
+                        metrics=self.metrics, permission_endpoint=self.permission,
                     )
                     await self._listen(element, None)
             elif role is Role.BORDER:

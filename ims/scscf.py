@@ -34,7 +34,14 @@ from ims.extension import OPTION_TAG, TargetMno, option_tags, requires_extension
 from ims.metrics import OperatorMetrics
 from ims.pcscf import pop_own_route
 from ims.registrar import Registrar, subscriber_for
-from ims.seams import ConnectivityGateway, ConnectRequest, Leg, PermissionFunction, Refusal
+from ims.seams import (
+    ConnectivityGateway,
+    ConnectRequest,
+    Leg,
+    PermissionEndpoint,
+    PermissionFunction,
+    Refusal,
+)
 from ims.sip.address import Address
 from ims.sip.errors import ParseError
 from ims.sip.message import Request, Response, make_response
@@ -82,8 +89,10 @@ class Scscf:
         defer: DeferWork,
         clock: Callable[[], float],
         metrics: OperatorMetrics | None = None,
+        permission_endpoint: PermissionEndpoint | None = None,
     ) -> None:
         self.uri = uri
+        self.permission_endpoint = permission_endpoint
         self.store = store
         self.registrar = registrar
         self.home_domain = home_domain.lower()
@@ -100,6 +109,12 @@ class Scscf:
         request, own = pop_own_route(request, self.uri)
         if request.method == "REGISTER":
             return self.registrar.register(request, self.clock())
+        if (self.permission_endpoint is not None and request.to.tag is None
+                and request.method in ("MESSAGE", "PUBLISH")):
+            # Answers to inquiries and rule sets (docs/extension.md sections 5.3, 6.3).
+            answer = self.permission_endpoint.receive(request)
+            if answer is not None:
+                return answer
         if request.to.tag is not None or request.method == "ACK":
             if request.method == "BYE":
                 self._session_ended(request.call_id)
@@ -226,17 +241,23 @@ class Scscf:
 
     async def _run_seams(self, request: Request, legs: tuple[Leg, ...]) -> Forward | Response:
         caller = request.headers.get("P-Asserted-Identity") or str(request.from_.uri)
-        for leg in legs:
-            asked = ConnectRequest(
+
+        def asking(leg: Leg) -> ConnectRequest:
+            return ConnectRequest(
                 leg=leg, caller=caller, callee=str(request.uri), call_id=request.call_id,
                 target_mno=target_mno_of(request), request=request,
             )
-            if leg is Leg.TERMINATING:
-                verdict = await self.permission.check(asked)
-                if not verdict.allowed:
-                    logger.info("S-CSCF %s: %s -> %s refused: %d %s", self.uri, caller,
-                                request.uri, verdict.status_code, verdict.reason)
-                    return make_response(request, verdict.status_code, verdict.reason)
+
+        if Leg.TERMINATING in legs:
+            # Section 5.1: nothing is asked of the gateway, for either leg, before consent.
+            verdict = await self.permission.check(asking(Leg.TERMINATING))
+            if not verdict.allowed:
+                logger.info("S-CSCF %s: %s -> %s refused: %d %s", self.uri, caller,
+                            request.uri, verdict.status_code, verdict.reason)
+                return make_response(request, verdict.status_code, verdict.reason,
+                                     extra=list(verdict.headers))
+        for leg in legs:
+            asked = asking(leg)
             prepared = await self.gateway.prepare(asked)
             if isinstance(prepared, Refusal):
                 return make_response(request, prepared.status_code, prepared.reason)

@@ -2,6 +2,7 @@
 
 - The permission function (issue 5) decides whether the caller may connect to the callee:
   from the callee's standing rules, else by asking the callee's UE.
+  The S-CSCF also hands it the requests addressed to it (`PermissionEndpoint`).
 - The connectivity gateway (issue 6) prepares this operator's side of the data path (a PCP
   PEER mapping on the CGN, or a relay) and may rewrite the offer accordingly.
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ims.extension import TargetMno
-from ims.sip.message import Request
+from ims.sip.message import Request, Response
 
 __all__ = [
     "ConnectRequest",
@@ -26,6 +27,7 @@ __all__ = [
     "LoggingGateway",
     "LoggingPermission",
     "Permission",
+    "PermissionEndpoint",
     "PermissionFunction",
     "Refusal",
 ]
@@ -59,11 +61,13 @@ class ConnectRequest:
 @dataclass(frozen=True)
 class Permission:
     """The permission function's verdict; a refusal carries the final response to send
-    (status 4xx/6xx and a reason phrase naming why, e.g. 603 "Decline (not permitted)")."""
+    (status 4xx/6xx and a reason phrase naming why, e.g. 603 "Decline (not permitted)") and
+    the header fields it needs (Reason, RFC 3326; Unsupported for a 420)."""
 
     allowed: bool
     status_code: int = 603
     reason: str = "Decline"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,14 @@ class Refusal:
 class PermissionFunction(Protocol):
     async def check(self, request: ConnectRequest) -> Permission:
         """Whether the caller may connect to the callee (may ask the callee's UE)."""
+        ...
+
+
+class PermissionEndpoint(Protocol):
+    def receive(self, request: Request) -> Response | None:
+        """A request the S-CSCF received out of any dialog: the function's answer when the
+        request is for it (an answer MESSAGE to its URI, a rules PUBLISH, docs/extension.md
+        sections 5.3 and 6.3), None when it is not."""
         ...
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "MAX_CACHE_FOR",
     "MAX_DEADLINE",
     "MAX_NOTE",
+    "RULES_EVENT",
     "RULES_TYPE",
     "Answer",
     "Inquiry",
@@ -39,6 +40,7 @@ __all__ = [
 INQUIRY_TYPE = "application/vnd.ueconnect.inquiry+json"  # inquiries and withdrawals
 ANSWER_TYPE = "application/vnd.ueconnect.answer+json"
 RULES_TYPE = "application/vnd.ueconnect.rules+json"  # PUBLISH, section 6.3
+RULES_EVENT = "ueconnect-rules"  # the PUBLISH's Event package, section 6.3
 
 BODY_VERSION = 1
 MAX_DEADLINE = 30  # section 5.5: the operator waits at most 30 s

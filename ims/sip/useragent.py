@@ -113,6 +113,10 @@ class IncomingCall:
 
 IncomingHandler = Callable[[IncomingCall], Awaitable[None] | None]
 
+RequestHandler = Callable[[Request, Address], Awaitable[Response] | Response]
+"""Answers an out-of-dialog request other than INVITE and OPTIONS (a MESSAGE, RFC 3428):
+given the request and the address it came from, the final response to send."""
+
 
 class UserAgent:
     """One AOR's user agent with one contact."""
@@ -136,6 +140,8 @@ class UserAgent:
         self.timers = timers or TimerSettings()
         self.user_agent = user_agent
         self.on_incoming: IncomingHandler | None = None
+        self.on_request: RequestHandler | None = None
+        self.allow: tuple[str, ...] = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
         self.incoming: asyncio.Queue[IncomingCall] = asyncio.Queue()
         self.dialogs = DialogTable()
         self.calls: dict[DialogId, Call] = {}
@@ -307,6 +313,35 @@ class UserAgent:
         self.stack.send_stateless(ack, self._in_dialog_hop(dialog, ack))
         return call
 
+    async def send_request(
+        self,
+        method: str,
+        target: Uri,
+        *,
+        to: NameAddress | Uri | None = None,
+        extra: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        """Send a request outside any dialog that creates none (MESSAGE, RFC 3428; PUBLISH,
+        RFC 3903) through the outbound proxy and route set; returns its final response (a
+        local 408 or 503 when none came, section 8.1.3.1)."""
+        if method in ("INVITE", "ACK", "CANCEL", "REGISTER"):
+            raise LocalProtocolError(f"{method} has its own method on UserAgent")
+        request = create_initial_request(
+            method,
+            target,
+            from_=self._name_addr(),
+            to=to if to is not None else target,
+            ids=self.ids,
+            route_set=self.route_set,
+            extra=[("User-Agent", self.user_agent), *extra],
+            body=body,
+            content_type=content_type,
+        )
+        destination = self._next_hop(target if not self.route_set else self.route_set[0].uri)
+        return await self.stack.request(request, destination)
+
     def _in_dialog_hop(self, dialog: Dialog, request: Request) -> Address:
         if self.outbound_proxy is not None:
             return self.outbound_proxy
@@ -381,13 +416,23 @@ class UserAgent:
             else:
                 await self.incoming.put(incoming)
         elif request.method == "OPTIONS":
-            allow = [("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")]
+            allow = [("Allow", ", ".join(self.allow))]
             self.stack.respond(event.key, make_response(request, 200, extra=allow))
+        elif self.on_request is not None and request.method in self.allow:
+            self.stack.respond(event.key, await self._answer_request(request, event.source))
         else:
-            self.stack.respond(
-                event.key,
-                make_response(request, 405, extra=[("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS")]),
-            )
+            # Section 8.2.1: a method we do not handle is answered 405 with Allow.
+            allow = [("Allow", ", ".join(self.allow))]
+            self.stack.respond(event.key, make_response(request, 405, extra=allow))
+
+    async def _answer_request(self, request: Request, source: Address) -> Response:
+        assert self.on_request is not None
+        try:
+            result = self.on_request(request, source)
+            return await result if isinstance(result, Awaitable) else result
+        except Exception:  # the application's bug must not leave the request unanswered
+            logger.exception("on_request failed on %s", request.method)
+            return make_response(request, 500, "Server Internal Error (request handler failed)")
 
     def _on_in_dialog(self, event: RequestReceived) -> None:
         request = event.request
