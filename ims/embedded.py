@@ -103,7 +103,10 @@ listen = {_listen(roles["scscf"])}
 
 [border]
 listen = [{borders}]
-{peers}{trace_section}
+{peers}
+[permission]
+deadline = 10
+{trace_section}
 [log]
 level = "warning"
 """

@@ -4,8 +4,8 @@ Both operators (P-CSCF, S-CSCF, border), the embedded DNS server and two UEs run
 in this process (ims/embedded.py). The demo walks TR 22.807 section 4.2.3's flows that exist
 in this build: both UEs register with their own operator; Bill's UE asks for a connection to
 Dave (Require: ueconnect, Target-MNO); Alpha locates Beta through ENUM and RFC 3263; Beta's
-S-CSCF reaches the permission and connectivity seams (their functions arrive with their
-issues and say so); Dave's UE answers; the call is ended. Each step prints with its time, the
+permission function asks Dave's UE, which allows; Dave's UE answers; the call is ended. The
+connectivity gateway arrives with its issue and says so in the log. Each step prints with its time, the
 SIP ladder of the call prints at the end and is written as HTML. Exit status 0 only when every
 step behaved as it should.
 """
@@ -25,11 +25,14 @@ from ims.dns.errors import DnsError
 from ims.dns.locator import Locator, LocatorConfig
 from ims.embedded import DemoSubscriber, EmbeddedWorld
 from ims.operator import OperatorError
+from ims.permission.bodies import Inquiry
+from ims.permission.outcomes import Decision
 from ims.sip.errors import SipError
 from ims.sip.transport import BindError
 from ims.sip.uri import SipUri, TelUri
 from ims.sip.useragent import Call, IncomingCall, UserAgent
 from ims.trace import TraceError, calls, read_trace, render_ladder, render_ladder_html
+from ue_ua.agent import UeAgent
 
 BETA_PLMN = "001-02"
 HELP_HEADERS = [("Require", "ueconnect"), ("Supported", "ueconnect"), ("Target-MNO", BETA_PLMN)]
@@ -104,6 +107,17 @@ async def _scenario(out: Path) -> int:
         )
         await bill.start()
         await dave.start()
+        asked: list[Inquiry] = []
+
+        async def dave_decides(inquiry: Inquiry) -> Decision:
+            # Dave's game asks him; in the demo he says yes at once.
+            asked.append(inquiry)
+            return Decision.ALLOW
+
+        agents = {
+            "Bill": UeAgent(bill, home_domain=bill_sub.domain),
+            "Dave": UeAgent(dave, home_domain=dave_sub.domain, ask=dave_decides),
+        }
         offered: list[IncomingCall] = []
         calls_made: dict[str, Call] = {}
 
@@ -114,10 +128,10 @@ async def _scenario(out: Path) -> int:
 
         dave.on_incoming = answer
         try:
-            for ua, sub in ((bill, bill_sub), (dave, dave_sub)):
+            for sub in (bill_sub, dave_sub):
 
-                async def reg(ua: UserAgent = ua, sub: DemoSubscriber = sub) -> str:
-                    got = await ua.register(
+                async def reg(agent: UeAgent = agents[sub.name], sub: DemoSubscriber = sub) -> str:
+                    got = await agent.register(
                         SipUri(host=sub.domain), username=sub.impi, password=sub.password
                     )
                     assoc = ", ".join(str(u) for u in got.associated_uris) or "-"
@@ -145,9 +159,18 @@ async def _scenario(out: Path) -> int:
                 )
                 calls_made["bill"] = call
                 pai = offered[0].request.headers.get("P-Asserted-Identity") if offered else None
-                return f"200 OK and ACK; Dave saw P-Asserted-Identity {pai}"
+                if not asked:
+                    raise SipError("Beta connected the call without asking Dave")
+                inquiry = asked[0]
+                return (
+                    f"Beta asked Dave (inquiry {inquiry.inquiry}: may {inquiry.caller} of "
+                    f"{inquiry.caller_mno} connect?), Dave answered allow; 200 OK and ACK; "
+                    f"Dave saw P-Asserted-Identity {pai}"
+                )
 
-            await steps.run("Bill asks Alpha to connect him to Dave (INVITE)", connect)
+            await steps.run(
+                "Bill asks Alpha to connect him to Dave; Beta asks Dave for consent", connect
+            )
 
             async def hang_up() -> str:
                 response = await calls_made["bill"].bye()
@@ -156,6 +179,8 @@ async def _scenario(out: Path) -> int:
 
             await steps.run("Bill ends the session (BYE)", hang_up)
         finally:
+            for agent in agents.values():
+                await agent.close()
             await bill.close()
             await dave.close()
     _show_ladder(world.trace, out)
@@ -163,8 +188,8 @@ async def _scenario(out: Path) -> int:
         print("demo: a step failed (see above)", file=sys.stderr)
         return 1
     print(
-        "demo: done. Not in this build yet: the permission inquiry (Beta logs that no "
-        "permission function is configured), the connectivity gateway and the game."
+        "demo: done. Not in this build yet: the connectivity gateway (Beta and Alpha log that "
+        "none is configured), the data path and the game."
     )
     return 0
 
