@@ -5,9 +5,9 @@ in this process (ims/embedded.py). The demo walks TR 22.807 section 4.2.3's flow
 in this build: both UEs register with their own operator; Bill's UE asks for a connection to
 Dave (Require: ueconnect, Target-MNO); Alpha locates Beta through ENUM and RFC 3263; Beta's
 permission function asks Dave's UE, which allows; Dave's UE answers; the call is ended. The
-connectivity gateway arrives with its issue and says so in the log. Each step prints with its time, the
-SIP ladder of the call prints at the end and is written as HTML. Exit status 0 only when every
-step behaved as it should.
+connectivity gateway arrives with its issue and says so in the log. Each step prints with its
+time, the SIP ladder of the call prints at the end and is written as HTML. Exit status 0 only
+when every step behaved as it should.
 """
 
 from __future__ import annotations
