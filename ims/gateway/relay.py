@@ -1,0 +1,340 @@
+"""The relay of the connectivity gateway, sans-IO: the allocation table (IMS-AGW/TrGW style).
+
+When no peer-scoped mapping can be had on the CGN, the operator relays the call's datagrams
+itself. An allocation is two UDP ports on the operator's relay address, one per side of the
+call: the *caller side* port is the one the caller's UE sends to (and receives from), the
+*callee side* port the one the callee's UE sends to. Each port admits datagrams from exactly
+one permitted peer endpoint (address and port, learned from SDP) and forwards them, from the
+other port, to the other side's peer. So each UE sees one remote endpoint, the relay port
+facing it, as with a TURN relayed transport address (RFC 8656 section 2), but unlike TURN
+the permission is the whole transport address, not only the IP address (RFC 8656 section 9):
+the operator knows both ends from the offer and the answer.
+
+Latching (RFC 7362): a UE behind a CGN writes its private port in SDP, and the port its
+datagrams arrive from is the CGN's. A peer given with `latch=True` is admitted from its
+address with any port until its first datagram; that datagram's source port is then latched
+and is the only one admitted, and the destination for what the other side sends. Latching
+happens once: a later datagram from another port of the same address is dropped, which keeps
+an on-path host from stealing the stream (the hijack of RFC 7362 section 5). Until it latches,
+datagrams for that peer go to the port its SDP named.
+
+The table knows no sockets and no clock: the driver (ims.gateway.aiorelay) binds the ports,
+passes every datagram's (allocation, side, source, size, now) to `receive`, sends where it
+says, and calls `expire(now)` when `get_timer()` says so. Allocations end when released or
+when their lifetime runs out without a `refresh`; traffic does not extend a lifetime, the
+session's signalling does (as a TURN allocation needs a Refresh, RFC 8656 section 7).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from ims.gateway.errors import GatewayUsageError, RelayCapacityExceeded, UnknownAllocation
+
+__all__ = [
+    "Address",
+    "AllocationCounters",
+    "PermittedPeer",
+    "RelayAllocation",
+    "RelayConfig",
+    "RelayTable",
+    "Side",
+    "normalise_address",
+]
+
+# A UDP transport address as asyncio gives and takes it: (IP address text, port).
+Address = tuple[str, int]
+
+
+class Side(StrEnum):
+    """Which UE a relay port faces."""
+
+    CALLER = "caller"
+    CALLEE = "callee"
+
+    @property
+    def other(self) -> Side:
+        return Side.CALLEE if self is Side.CALLER else Side.CALLER
+
+
+def normalise_address(address: str) -> str:
+    """The canonical text of an IP address (IPv6 compressed, as asyncio reports sources);
+    GatewayUsageError for a name or garbage (the relay never resolves names)."""
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).compressed
+    except ValueError:
+        raise GatewayUsageError(f"{address!r} is not an IP address") from None
+
+
+def _check_port(port: int, what: str) -> None:
+    if not 1 <= port <= 65535:
+        raise GatewayUsageError(f"{what} port {port} is outside 1..65535")
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The relay's validated configuration.
+
+    `relay_address` is the operator's address the relay ports are bound on (what the UEs
+    send to); `max_allocations` bounds the table (each allocation holds two sockets);
+    a requested lifetime is capped at `max_lifetime` seconds, as a TURN server caps its
+    LIFETIME (RFC 8656 section 7.2)."""
+
+    relay_address: str
+    max_allocations: int = 1024
+    default_lifetime: float = 600.0
+    max_lifetime: float = 3600.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "relay_address", normalise_address(self.relay_address))
+        if self.max_allocations < 1:
+            raise GatewayUsageError(
+                f"max_allocations must be at least 1, not {self.max_allocations}"
+            )
+        for name in ("default_lifetime", "max_lifetime"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise GatewayUsageError(f"{name} must be a positive number of seconds, not {value}")
+        if self.default_lifetime > self.max_lifetime:
+            raise GatewayUsageError(
+                f"default_lifetime {self.default_lifetime} exceeds max_lifetime {self.max_lifetime}"
+            )
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.relay_address).version
+
+
+@dataclass(frozen=True)
+class PermittedPeer:
+    """The one endpoint a relay port admits, from SDP; `latch`: admit any port of `address`
+    until the first datagram, then only that one (see the module text, RFC 7362)."""
+
+    address: str
+    port: int
+    latch: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "address", normalise_address(self.address))
+        _check_port(self.port, "peer")
+
+    @classmethod
+    def of(cls, endpoint: Address | PermittedPeer) -> PermittedPeer:
+        return endpoint if isinstance(endpoint, PermittedPeer) else cls(*endpoint)
+
+
+@dataclass(frozen=True)
+class AllocationCounters:
+    """What went through one allocation. "Dropped" counts datagrams a relay port received from
+    an endpoint other than its permitted peer, per port."""
+
+    caller_to_callee_datagrams: int = 0
+    caller_to_callee_bytes: int = 0
+    callee_to_caller_datagrams: int = 0
+    callee_to_caller_bytes: int = 0
+    dropped_at_caller_side: int = 0
+    dropped_at_callee_side: int = 0
+
+    @property
+    def dropped_unpermitted(self) -> int:
+        return self.dropped_at_caller_side + self.dropped_at_callee_side
+
+
+@dataclass(frozen=True)
+class RelayAllocation:
+    """A view of one allocation: its two relay ports, where each side's datagrams go now
+    (`caller_peer`, `callee_peer`: the SDP endpoint, or the latched one), expiry, counters."""
+
+    id: int
+    caller_side: Address
+    callee_side: Address
+    caller_peer: Address
+    callee_peer: Address
+    expires_at: float
+    counters: AllocationCounters
+    caller_latched: bool = False
+    callee_latched: bool = False
+
+    def side_address(self, side: Side) -> Address:
+        return self.caller_side if side is Side.CALLER else self.callee_side
+
+
+class _Peer:
+    """A permitted peer's live state: where it is (latched or not)."""
+
+    __slots__ = ("address", "latch_pending", "latched", "port")
+
+    def __init__(self, permitted: PermittedPeer) -> None:
+        self.address = permitted.address
+        self.port = permitted.port
+        self.latch_pending = permitted.latch
+        self.latched = False
+
+    def admits(self, source: Address) -> bool:
+        if source[1] == self.port and source[0] == self.address:
+            return not self.latch_pending or self._latch(source)
+        if self.latch_pending and source[0] == self.address:
+            return self._latch(source)
+        return False
+
+    def _latch(self, source: Address) -> bool:
+        self.port = source[1]
+        self.latch_pending = False
+        self.latched = True
+        return True
+
+
+class _Allocation:
+    __slots__ = ("callee", "callee_side", "caller", "caller_side", "counts", "expires_at", "id")
+
+    def __init__(self, allocation_id: int, caller_side: Address, callee_side: Address,
+                 caller: _Peer, callee: _Peer, expires_at: float) -> None:
+        self.id = allocation_id
+        self.caller_side = caller_side
+        self.callee_side = callee_side
+        self.caller = caller
+        self.callee = callee
+        self.expires_at = expires_at
+        # datagrams, bytes caller->callee; datagrams, bytes callee->caller; dropped at the
+        # caller side, dropped at the callee side (a list: the hot path adds in place).
+        self.counts = [0, 0, 0, 0, 0, 0]
+
+    def view(self) -> RelayAllocation:
+        return RelayAllocation(
+            id=self.id,
+            caller_side=self.caller_side,
+            callee_side=self.callee_side,
+            caller_peer=(self.caller.address, self.caller.port),
+            callee_peer=(self.callee.address, self.callee.port),
+            expires_at=self.expires_at,
+            counters=AllocationCounters(*self.counts),
+            caller_latched=self.caller.latched,
+            callee_latched=self.callee.latched,
+        )
+
+
+class RelayTable:
+    """The relay's allocations. No I/O: ports come in already bound, `now` comes in with every
+    call that depends on time, `get_timer()` says when `expire` is next due."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        self.config = config
+        self._allocations: dict[int, _Allocation] = {}
+        self._next_id = 1
+
+    def __len__(self) -> int:
+        return len(self._allocations)
+
+    def __contains__(self, allocation_id: object) -> bool:
+        return allocation_id in self._allocations
+
+    def check_capacity(self) -> None:
+        """RelayCapacityExceeded when one more allocation would exceed `max_allocations` (the
+        driver asks before binding two sockets for nothing)."""
+        if len(self._allocations) >= self.config.max_allocations:
+            raise RelayCapacityExceeded(self.config.max_allocations)
+
+    def lifetime_for(self, requested: float | None) -> float:
+        """The lifetime granted for `requested` seconds: the default when None, capped at
+        `max_lifetime` (RFC 8656 section 7.2 does the same with LIFETIME)."""
+        if requested is None:
+            return self.config.default_lifetime
+        if not (math.isfinite(requested) and requested > 0):
+            raise GatewayUsageError(
+                f"lifetime must be a positive number of seconds, not {requested}"
+            )
+        return min(requested, self.config.max_lifetime)
+
+    def allocate(self, caller_peer: Address | PermittedPeer, callee_peer: Address | PermittedPeer,
+                 caller_port: int, callee_port: int, now: float,
+                 lifetime: float | None = None) -> RelayAllocation:
+        """Record an allocation whose two ports on the relay address are bound."""
+        caller = PermittedPeer.of(caller_peer)
+        callee = PermittedPeer.of(callee_peer)
+        version = self.config.version
+        for side, peer in ((Side.CALLER, caller), (Side.CALLEE, callee)):
+            if ipaddress.ip_address(peer.address).version != version:
+                raise GatewayUsageError(
+                    f"the {side} peer {peer.address} is not IPv{version} like the relay address "
+                    f"{self.config.relay_address}"
+                )
+        _check_port(caller_port, "caller side relay")
+        _check_port(callee_port, "callee side relay")
+        if caller_port == callee_port:
+            raise GatewayUsageError(f"both relay ports are {caller_port}; each side needs its own")
+        granted = self.lifetime_for(lifetime)
+        self.check_capacity()
+        allocation = _Allocation(
+            self._next_id,
+            (self.config.relay_address, caller_port),
+            (self.config.relay_address, callee_port),
+            _Peer(caller),
+            _Peer(callee),
+            now + granted,
+        )
+        self._next_id += 1
+        self._allocations[allocation.id] = allocation
+        return allocation.view()
+
+    def _get(self, allocation_id: int) -> _Allocation:
+        try:
+            return self._allocations[allocation_id]
+        except KeyError:
+            raise UnknownAllocation(allocation_id) from None
+
+    def allocation(self, allocation_id: int) -> RelayAllocation:
+        return self._get(allocation_id).view()
+
+    def allocations(self) -> tuple[RelayAllocation, ...]:
+        return tuple(a.view() for a in self._allocations.values())
+
+    def refresh(self, allocation_id: int, now: float,
+                lifetime: float | None = None) -> RelayAllocation:
+        """A new lifetime from `now` (the session was refreshed)."""
+        allocation = self._get(allocation_id)
+        allocation.expires_at = now + self.lifetime_for(lifetime)
+        return allocation.view()
+
+    def release(self, allocation_id: int) -> RelayAllocation:
+        """Remove the allocation; its final view (counters) is returned. The driver closes the
+        two ports."""
+        return self._allocations.pop(self._get(allocation_id).id).view()
+
+    def get_timer(self) -> float | None:
+        """When the next allocation expires (None: no allocation)."""
+        return min((a.expires_at for a in self._allocations.values()), default=None)
+
+    def expire(self, now: float) -> tuple[RelayAllocation, ...]:
+        """Remove and return every allocation whose lifetime ended at or before `now`."""
+        ended = [a for a in self._allocations.values() if a.expires_at <= now]
+        for allocation in ended:
+            del self._allocations[allocation.id]
+        return tuple(a.view() for a in ended)
+
+    def receive(self, allocation_id: int, side: Side, source: Address, size: int,
+                now: float) -> Address | None:
+        """A datagram of `size` bytes from `source` reached the `side` relay port of the
+        allocation: where to send it from the other side's port, or None to drop it (an
+        unpermitted source, counted; or an allocation that is gone or expired)."""
+        allocation = self._allocations.get(allocation_id)
+        if allocation is None or now >= allocation.expires_at:
+            return None
+        counts = allocation.counts
+        if side is Side.CALLER:
+            if not allocation.caller.admits(source):
+                counts[4] += 1
+                return None
+            counts[0] += 1
+            counts[1] += size
+            peer = allocation.callee
+        else:
+            if not allocation.callee.admits(source):
+                counts[5] += 1
+                return None
+            counts[2] += 1
+            counts[3] += size
+            peer = allocation.caller
+        return (peer.address, peer.port)
