@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import shutil
 import subprocess
 import sys
@@ -55,8 +54,9 @@ from bench.proxy_cps import (
     RunningProxy,
     StepResult,
     SubjectResult,
+    measured_step,
 )
-from bench.sipp import Endpoint, SippProcess, SippResult, SippRun, find_sipp, free_port, run_sipp
+from bench.sipp import Endpoint, SippProcess, SippRun, find_sipp, free_port, run_sipp
 from ims.sip.digest import DigestAlgorithm, compute_ha1
 
 HERE = Path(__file__).resolve().parent
@@ -286,11 +286,6 @@ def _launch(subject: ProxySubject, workdir: Path) -> ProxyLaunch:
 # --- steps ----------------------------------------------------------------------------------
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _register_run(
     local: Endpoint, remote: Endpoint, inf: Path, *, calls: int, rate: float | None,
     deadline: float, recv_timeout: float, name: str = "",
@@ -300,36 +295,6 @@ def _register_run(
         deadline=deadline, recv_timeout=recv_timeout, variables=(("domain", ALPHA_DOMAIN),),
         extra_args=("-inf", str(inf)), name=name,
     )  # fmt: skip
-
-
-def _step_result(
-    target: int, result: SippResult, proxy_cpu: float, generator_cpu: float
-) -> StepResult:
-    stats = result.stats
-    if stats is None:
-        raise BenchError("the sipp client left no statistics:\n" + result.describe())
-    return StepResult(
-        target_cps=target,
-        achieved_cps=stats.call_rate,
-        calls=stats.calls_created,
-        successful=stats.successful_calls,
-        failed=stats.failed_calls + stats.unfinished_calls,
-        unexpected_messages=stats.unexpected_messages,
-        retransmissions=stats.retransmissions,
-        proxy_cpu_seconds=proxy_cpu,
-        generator_cpu_seconds=generator_cpu,
-        wall_seconds=result.wall_time,
-    )
-
-
-def _measured(
-    proxy: RunningProxy, run: SippRun, target: int, workdir: Path, sipp: str
-) -> StepResult:
-    cpu_before, generator_before = proxy.cpu_seconds(), _children_cpu()
-    result = run_sipp(run, workdir, sipp)
-    return _step_result(
-        target, result, proxy.cpu_seconds() - cpu_before, _children_cpu() - generator_before
-    )
 
 
 def _deadline(settings: RampSettings) -> float:
@@ -349,7 +314,7 @@ def register_step(
         calls=max(1, math.ceil(target * settings.step_seconds)), rate=target,
         deadline=_deadline(settings), recv_timeout=settings.recv_timeout,
     )  # fmt: skip
-    return _measured(proxy, run, target, workdir, sipp)
+    return measured_step(proxy, run, target, workdir, sipp)
 
 
 def _register_one(
@@ -385,7 +350,7 @@ def call_step(
             variables=(("domain", ALPHA_DOMAIN), ("caller", caller.user),
                        ("callee", callee.user)),
         )  # fmt: skip
-        step = _measured(proxy, run, target, workdir, sipp)
+        step = measured_step(proxy, run, target, workdir, sipp)
         if not uas.running():
             raise BenchError("the sipp uas (callee) died:\n" + uas.stop().describe())
     return step

@@ -42,7 +42,7 @@ from typing import Literal
 
 from bench import BenchConfigError, BenchError, Benchmark, ToolMissing
 from bench.machine import machine_facts
-from bench.sipp import Endpoint, SippProcess, find_sipp, free_port, run_sipp, uac, uas
+from bench.sipp import Endpoint, SippProcess, SippRun, find_sipp, free_port, run_sipp, uac, uas
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAMAILIO_CFG = Path(__file__).resolve().parent / "kamailio" / "kamailio.cfg"
@@ -466,18 +466,25 @@ def run_step(
         deadline=2 * settings.step_seconds + settings.recv_timeout + 5,
         recv_timeout=settings.recv_timeout,
     )
+    return measured_step(proxy, run, target, workdir, sipp)
+
+
+def measured_step(
+    proxy: RunningProxy, run: SippRun, target: int, workdir: Path, sipp: str
+) -> StepResult:
+    """Run one sipp client step against `proxy` and measure it: sipp's counters, the proxy's
+    and the load generator's CPU time over the step."""
     cpu_before, generator_before = proxy.cpu_seconds(), _children_cpu()
     result = run_sipp(run, workdir, sipp)
     proxy_cpu = proxy.cpu_seconds() - cpu_before
     generator_cpu = _children_cpu() - generator_before
     stats = result.stats
     if stats is None:
-        raise BenchError("the sipp uac left no statistics:\n" + result.describe())
-    created = stats.calls_created
+        raise BenchError("the sipp client left no statistics:\n" + result.describe())
     return StepResult(
         target_cps=target,
         achieved_cps=stats.call_rate,
-        calls=created,
+        calls=stats.calls_created,
         successful=stats.successful_calls,
         failed=stats.failed_calls + stats.unfinished_calls,
         unexpected_messages=stats.unexpected_messages,
