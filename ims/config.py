@@ -39,6 +39,8 @@ __all__ = [
     "ConfigSyntaxError",
     "ConfigValueError",
     "DnsConfig",
+    "GatewayConfig",
+    "GatewayMode",
     "HostPort",
     "LogConfig",
     "MetricsConfig",
@@ -264,6 +266,25 @@ class PermissionConfig:
     deadline: int = 10
 
 
+class GatewayMode(enum.StrEnum):
+    """[gateway] mode: how this operator opens its side of the data path."""
+
+    RELAY = "relay"  # the userspace relay (ims.gateway.service), the embedded default
+    PCP = "pcp"  # PEER mappings on the CGN (not wired yet: runs the relay, with a warning)
+    OFF = "off"  # open nothing; offers pass unchanged (ims.seams.LoggingGateway)
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """[gateway]: the connectivity gateway. `relay_address` is the IP address the relay ports
+    are bound on (what UEs and the peer operator's relay send to; None only with mode off);
+    `lifetime` the session lifetime in seconds when no Session-Expires (RFC 4028) says one."""
+
+    mode: GatewayMode = GatewayMode.RELAY
+    relay_address: str | None = None
+    lifetime: int = 1800
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """[log]: the logging level name (DEBUG, INFO, WARNING, ERROR)."""
@@ -286,6 +307,7 @@ class OperatorConfig:
     metrics: MetricsConfig | None = None
     trace: TraceConfig | None = None
     permission: PermissionConfig | None = None
+    gateway: GatewayConfig | None = None
 
     @property
     def roles(self) -> tuple[Role, ...]:
@@ -647,7 +669,7 @@ _FINGERPRINT_RE = re.compile(r"(?i)SHA-256 (?:[0-9A-F]{2}:){31}[0-9A-F]{2}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 section 25.1 delta-seconds, as ims.sip uses
 _SECTIONS = ("operator", "store", "dns", "pcscf", "scscf", "border", "metrics", "trace",
-             "permission", "log")
+             "permission", "gateway", "log")
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,6 +713,7 @@ class _Validator:
         metrics = self.metrics(t) if (t := top.table("metrics")) else None
         trace = self.trace(t) if (t := top.table("trace")) else None
         permission = self.permission(t) if (t := top.table("permission")) else None
+        gateway = self.gateway(t, pcscf) if (t := top.table("gateway")) else None
         log = self.log(top.table("log") or _Table({}, ("log",), self.problems))
         top.finish("unknown section; sections are " + ", ".join(f"[{s}]" for s in _SECTIONS))
 
@@ -702,12 +725,13 @@ class _Validator:
         # Every section builder reports a problem whenever it returns None.
         assert all(s is not None for s, k in ((pcscf, "pcscf"), (scscf, "scscf"),
                                               (border, "border"), (metrics, "metrics"),
-                                              (trace, "trace"), (permission, "permission"))
+                                              (trace, "trace"), (permission, "permission"),
+                                              (gateway, "gateway"))
                    if top.present(k))
         return OperatorConfig(
             source=self.source, operator=identity, store=store, dns=dns, log=log,
             pcscf=pcscf, scscf=scscf, border=border, metrics=metrics, trace=trace,
-            permission=permission,
+            permission=permission, gateway=gateway,
         )
 
     # ---- [operator] ------------------------------------------------------------------------
@@ -1121,6 +1145,37 @@ class _Validator:
         deadline = t.number("deadline", "whole seconds, 1 to 30", 10, 1, 30, True)
         t.finish()
         return None if deadline is None else PermissionConfig(int(deadline))
+
+    def gateway(self, t: _Table, pcscf: PcscfConfig | None) -> GatewayConfig | None:
+        modes = ", ".join(m.value for m in GatewayMode)
+        mark = self.mark()
+        mode_text = t.string("mode", f"one of {modes}", default=GatewayMode.RELAY.value)
+        mode = None
+        if mode_text is not None:
+            try:
+                mode = GatewayMode(mode_text.lower())
+            except ValueError:
+                t.problem("mode", f"{_show(mode_text)} is not a gateway mode; expected one of "
+                          f"{modes}", mode_text)
+        what = "the relay's IP address, e.g. \"127.0.0.1\" or \"::1\""
+        text = t.string("relay_address", what)
+        address: str | None = None
+        if text is not None:
+            address = _ip_literal(text) or _ip_literal(f"[{text}]")
+            if address is None:
+                t.problem("relay_address", f"{_show(text)} is not an IP address; expected "
+                          f"{what}", text)
+        elif mode is not None and mode is not GatewayMode.OFF and not t.present("relay_address"):
+            if pcscf is not None:
+                address = pcscf.listen[0].host  # where the UEs already reach us
+            else:
+                t.required("relay_address", f"{what} (no [pcscf] here to default to)")
+        # A session shorter than RFC 4028's Min-SE (90 s) is allowed: tests and demos.
+        lifetime = t.number("lifetime", "whole seconds, 1 to 86400", 1800, 1, 86400, True)
+        t.finish()
+        if mode is None or lifetime is None or self.failed_since(mark):
+            return None
+        return GatewayConfig(mode, address, int(lifetime))
 
     def log(self, t: _Table) -> LogConfig | None:
         level = t.string("level", "one of debug, info, warning, error", default="info")

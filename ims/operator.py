@@ -15,6 +15,10 @@ Observability comes from the configuration: with [trace], every element's stack 
 the one trace file (ims.trace; role names "pcscf", "scscf", "border", and the P-CSCF names
 each registered UE's column "UE <user>"); with [metrics], every stack and role feeds the
 operator's OperatorMetrics (ims.metrics), served on the configured address while it runs.
+
+With [gateway] (mode relay; pcp runs the relay too until PCP is wired), the S-CSCF's
+connectivity gateway is ims.gateway.service.RelayGateway on the configured relay address;
+`operator.gateway` is it, and `operator.gateway.open_legs()` lists what is open.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +36,12 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from ims.border import Border
-from ims.config import OperatorConfig, Role, iter_listeners
+from ims.config import GatewayMode, OperatorConfig, Role, iter_listeners
 from ims.dns.locator import Locator
 from ims.extension import OPTION_TAG
+from ims.gateway.errors import GatewayError
+from ims.gateway.relay import RelayConfig
+from ims.gateway.service import MAX_SESSION_EXPIRES, RelayGateway
 from ims.metrics import (
     CompositeObserver,
     MetricsServer,
@@ -162,6 +170,8 @@ class Operator:
         self.recorders: dict[Role, TraceRecorder] = {}  # [trace]: one per role, one file
         # [permission]: the permission function beside the S-CSCF (docs/extension.md 5).
         self.permission: PermissionService | None = None
+        # [gateway]: the relaying connectivity gateway, when this process built it.
+        self.gateway: RelayGateway | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -190,9 +200,12 @@ class Operator:
         owned = store is None
         store = open_store(config.store) if store is None else store
         operator = cls(config, store, [])
+        chosen = tuple(roles) if roles is not None else config.roles
         try:
+            if gateway is None and Role.SCSCF in chosen:
+                gateway = operator._gateway()
             await operator._build(
-                tuple(roles) if roles is not None else config.roles,
+                chosen,
                 timers=timers,
                 permission=permission,
                 gateway=gateway or LoggingGateway(),
@@ -227,6 +240,9 @@ class Operator:
         for element in self.elements:
             await element.close()
         self.elements.clear()
+        if self.gateway is not None:
+            await self.gateway.close()
+            self.gateway = None
         if self.permission is not None:
             await self.permission.close()
             self.permission = None
@@ -236,6 +252,34 @@ class Operator:
         if self.metrics_server is not None:
             self.metrics_server.close()
             self.metrics_server = None
+
+    def _gateway(self) -> RelayGateway | None:
+        """The configured gateway ([gateway]); None: the logging default."""
+        section = self.config.gateway
+        if section is None or section.mode is GatewayMode.OFF:
+            return None
+        assert section.relay_address is not None  # the validator's promise for relay, pcp
+        if section.mode is GatewayMode.PCP:
+            logger.warning("operator %s: [gateway] mode pcp is not wired yet: relaying instead",
+                           self.config.operator.name)
+        try:
+            relay = RelayConfig(section.relay_address, default_lifetime=section.lifetime,
+                                max_lifetime=max(section.lifetime, MAX_SESSION_EXPIRES))
+        except GatewayError as exc:
+            raise OperatorError(f"{self.config.source}: [gateway] {exc}") from exc
+        # Bind once now, so an address that is not ours fails at start, not at the first call.
+        family = socket.AF_INET6 if relay.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((relay.relay_address, 0))
+            except OSError as exc:
+                raise OperatorError(
+                    f"{self.config.source}: [gateway] relay_address {relay.relay_address}: "
+                    f"cannot bind a UDP port there ({exc.strerror or exc})"
+                ) from None
+        self.gateway = RelayGateway.start(relay, lifetime=section.lifetime,
+                                          name=self.config.operator.name)
+        return self.gateway
 
     # -- observability -----------------------------------------------------------------------
 

@@ -13,7 +13,9 @@ Its walk of a request:
   (RFC 3327 section 5.3); none registered: 480; no such subscriber: 404.
 - In-dialog requests follow their Route set (RFC 3261 section 16.12).
 A request with `Require: ueconnect` goes through the permission function (terminating leg)
-and the connectivity gateway (each leg) first (ims.seams), asynchronously.
+and the connectivity gateway (each leg) first (ims.seams), asynchronously. A SessionGateway
+also sees the 2xx of such an INVITE, its in-dialog requests (refresh), and is told to release
+on the BYE, when every branch failed, or when the request was refused after it prepared.
 
 With `metrics`, a session starts at the first 2xx to an initial INVITE this S-CSCF routed
 and ends at the dialog's BYE (the S-CSCF Record-Routes, so the BYE passes here). Sessions
@@ -22,9 +24,10 @@ whose BYE never comes are forgotten past `MAX_TRACKED_SESSIONS` newer ones, as e
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 
 from ims.border import DeferWork
@@ -41,6 +44,7 @@ from ims.seams import (
     PermissionEndpoint,
     PermissionFunction,
     Refusal,
+    SessionGateway,
 )
 from ims.sip.address import Address
 from ims.sip.errors import ParseError
@@ -104,6 +108,7 @@ class Scscf:
         self.clock = clock
         self.metrics = metrics
         self.sessions: OrderedDict[str, None] = OrderedDict()  # Call-IDs of live sessions
+        self._gateway_tasks: set[asyncio.Task[None]] = set()  # releases and refreshes
 
     def __call__(self, request: Request, source: Address) -> Forward | Response | Defer:
         request, own = pop_own_route(request, self.uri)
@@ -118,6 +123,7 @@ class Scscf:
         if request.to.tag is not None or request.method == "ACK":
             if request.method == "BYE":
                 self._session_ended(request.call_id)
+            self._in_dialog_gateway(request)
             return Forward((Target(request.uri),), request=request)
         originating = own is not None and isinstance(own.uri, SipUri) and own.uri.user == ORIG_USER
         if originating:
@@ -159,12 +165,12 @@ class Scscf:
             return self._with_seams(request, (Leg.ORIGINATING,))
         return self._to_border(request)
 
-    def _to_border(self, request: Request) -> Forward:
+    def _to_border(self, request: Request, *, prepared: bool = False) -> Forward:
         assert self.border is not None
         # The border's 503 says the peer operator is unreachable: the caller gets it as is.
         return Forward(
             (Target(request.uri, self.border),), record_route=True, request=request,
-            relay_503=True, rewrite_response=self._session_watch(request),
+            relay_503=True, rewrite_response=self._session_watch(request, 1 if prepared else 0),
         )
 
     def _names_us(self, target_mno: TargetMno | None) -> bool | None:
@@ -190,7 +196,8 @@ class Scscf:
             return self._with_seams(request, (Leg.TERMINATING,))
         return self._deliver(request, callee)
 
-    def _deliver(self, request: Request, callee: Subscriber) -> Forward | Response:
+    def _deliver(self, request: Request, callee: Subscriber, *,
+                 prepared: bool = False) -> Forward | Response:
         now = self.clock()
         bindings = [b for impu in callee.impus for b in self.store.bindings.list_for_aor(impu, now)]
         if not bindings:
@@ -207,15 +214,41 @@ class Scscf:
             return make_response(request, 480, "Temporarily Unavailable (no usable contact)")
         logger.info("S-CSCF %s: %s for %s to %d contact%s", self.uri, request.method,
                     request.uri, len(targets), "" if len(targets) == 1 else "s")
+        watch = self._session_watch(request, len(targets) if prepared else 0)
         return Forward(tuple(targets), record_route=True, request=request,
-                       rewrite_response=self._session_watch(request))
+                       rewrite_response=watch)
 
     # -- sessions (metrics) -----------------------------------------------------------------
 
-    def _session_watch(self, request: Request) -> Callable[[Response], Response] | None:
-        if self.metrics is None or request.method != "INVITE":
+    def _session_watch(self, request: Request,
+                       prepared_branches: int = 0) -> Callable[[Response], Response] | None:
+        """What watches the responses of a forwarded INVITE: the metrics, and the gateway
+        when it prepared the INVITE (`prepared_branches`: how many branches it was forked to)."""
+        if request.method != "INVITE":
             return None
-        return partial(self._on_invite_response, request.call_id)
+        metrics = (partial(self._on_invite_response, request.call_id)
+                   if self.metrics is not None else None)
+        gateway = self.gateway
+        if not prepared_branches or not isinstance(gateway, SessionGateway):
+            return metrics
+        call_id = request.call_id
+        failed = 0
+        answered = False
+
+        def watch(response: Response) -> Response:
+            nonlocal failed, answered
+            code = response.status_code
+            if 200 <= code < 300:
+                answered = True
+                response = gateway.complete(call_id, response)
+            elif code >= 300 and not answered:
+                # Release once no branch can still answer (a CANCEL ends each as 487).
+                failed += 1
+                if failed >= prepared_branches or code >= 600:
+                    self._gateway_task(gateway.release(call_id))
+            return metrics(response) if metrics is not None else response
+
+        return watch
 
     def _on_invite_response(self, call_id: str, response: Response) -> Response:
         # Every 2xx of the INVITE passes here (RFC 3261 section 16.7 item 5), retransmissions
@@ -228,6 +261,20 @@ class Scscf:
                 self.sessions.popitem(last=False)
                 self.metrics.session_ended()
         return response
+
+    def _in_dialog_gateway(self, request: Request) -> None:
+        gateway = self.gateway
+        if not isinstance(gateway, SessionGateway):
+            return
+        if request.method == "BYE":
+            self._gateway_task(gateway.release(request.call_id))
+        elif request.method != "ACK":
+            self._gateway_task(gateway.refresh(request))
+
+    def _gateway_task(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._gateway_tasks.add(task)
+        task.add_done_callback(self._gateway_tasks.discard)
 
     def _session_ended(self, call_id: str) -> None:
         if self.metrics is not None and call_id in self.sessions:
@@ -242,7 +289,7 @@ class Scscf:
     async def _run_seams(self, request: Request, legs: tuple[Leg, ...]) -> Forward | Response:
         caller = request.headers.get("P-Asserted-Identity") or str(request.from_.uri)
 
-        def asking(leg: Leg) -> ConnectRequest:
+        def asking(leg: Leg, request: Request = request) -> ConnectRequest:
             return ConnectRequest(
                 leg=leg, caller=caller, callee=str(request.uri), call_id=request.call_id,
                 target_mno=target_mno_of(request), request=request,
@@ -256,15 +303,25 @@ class Scscf:
                             request.uri, verdict.status_code, verdict.reason)
                 return make_response(request, verdict.status_code, verdict.reason,
                                      extra=list(verdict.headers))
+        decision = await self._prepare_and_route(request, legs, asking)
+        if isinstance(decision, Response) and isinstance(self.gateway, SessionGateway):
+            # Refused after a leg was prepared: nothing may stay open (section 5.1).
+            self._gateway_task(self.gateway.release(request.call_id))
+        return decision
+
+    async def _prepare_and_route(self, request: Request, legs: tuple[Leg, ...],
+                                 asking: Callable[[Leg, Request], ConnectRequest]
+                                 ) -> Forward | Response:
         for leg in legs:
-            asked = asking(leg)
-            prepared = await self.gateway.prepare(asked)
+            # Each leg sees the request as the previous leg rewrote it.
+            prepared = await self.gateway.prepare(asking(leg, request))
             if isinstance(prepared, Refusal):
                 return make_response(request, prepared.status_code, prepared.reason)
             request = prepared
+        tracked = request.method == "INVITE"
         if Leg.TERMINATING in legs:
             callee = subscriber_for(self.store, request.uri)
             if callee is None:
                 return make_response(request, 404, f"Not Found (no subscriber {request.uri})")
-            return self._deliver(request, callee)
-        return self._to_border(request)
+            return self._deliver(request, callee, prepared=tracked)
+        return self._to_border(request, prepared=tracked)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ims.extension import TargetMno
 from ims.sip.message import Request, Response
@@ -30,6 +30,7 @@ __all__ = [
     "PermissionEndpoint",
     "PermissionFunction",
     "Refusal",
+    "SessionGateway",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,23 @@ class ConnectivityGateway(Protocol):
 
     async def release(self, call_id: str) -> None:
         """Release everything opened for the call (BYE, failure, expiry)."""
+        ...
+
+
+@runtime_checkable
+class SessionGateway(ConnectivityGateway, Protocol):
+    """A gateway that also follows the session it prepared (ims.gateway.service): the S-CSCF
+    hands it the 2xx answering the INVITE, refreshes, and calls `release` when the INVITE
+    failed on every branch, when the request was refused after `prepare`, and on the BYE.
+    A plain ConnectivityGateway (LoggingGateway) is only asked to `prepare`."""
+
+    def complete(self, call_id: str, response: Response) -> Response:
+        """A 2xx to an INVITE this gateway prepared (retransmissions included): the response
+        to forward, its answer possibly rewritten."""
+        ...
+
+    async def refresh(self, request: Request) -> None:
+        """An in-dialog request other than BYE: the session lives on (RFC 4028)."""
         ...
 
 

@@ -162,3 +162,14 @@ def test_ipv6_addresses_are_compared_in_canonical_form() -> None:
 def test_bad_config_is_a_usage_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(GatewayUsageError):
         RelayConfig("127.0.0.1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_permit_moves_the_one_admitted_peer_of_a_side() -> None:
+    # The callee's endpoint is known only from the answer: permit() replaces the placeholder.
+    relay = table()
+    allocation = relay.allocate(BILL, ("127.0.0.1", 9), 50000, 50001, now=0.0)
+    assert relay.receive(allocation.id, Side.CALLEE, DAVE, 10, 1.0) is None
+    relay.permit(allocation.id, Side.CALLEE, DAVE)
+    assert relay.receive(allocation.id, Side.CALLEE, DAVE, 10, 1.0) == BILL
+    assert relay.receive(allocation.id, Side.CALLER, BILL, 10, 1.0) == DAVE
+    assert relay.receive(allocation.id, Side.CALLEE, ("127.0.0.1", 9), 10, 1.0) is None

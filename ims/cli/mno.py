@@ -47,6 +47,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="serve /metrics here instead of the file's [metrics] listen, or "
                              "not at all (\"off\"): each process of an operator whose roles "
                              "run separately needs its own")
+    parser.add_argument("--open", action="store_true",
+                        help="print what the connectivity gateway ([gateway]) holds open, one "
+                             "line per call leg, each time the process gets SIGUSR1 "
+                             "(kill -USR1 PID)")
     parser.set_defaults(func=_mno)
 
 
@@ -85,10 +89,11 @@ def _mno(args: argparse.Namespace) -> int:
     if args.metrics_listen is not None:
         metrics = None if args.metrics_listen == _OFF else MetricsConfig(args.metrics_listen)
         config = dataclasses.replace(config, metrics=metrics)
-    return run_operator(config, roles)
+    return run_operator(config, roles, show_open=args.open)
 
 
-def run_operator(config: OperatorConfig, roles: Sequence[Role] | None = None) -> int:
+def run_operator(config: OperatorConfig, roles: Sequence[Role] | None = None, *,
+                 show_open: bool = False) -> int:
     """Run `roles` (default: every configured role) in the foreground until SIGINT or
     SIGTERM; the exit status (1 when the operator cannot start)."""
     logging.basicConfig(format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -96,12 +101,13 @@ def run_operator(config: OperatorConfig, roles: Sequence[Role] | None = None) ->
     # [log] level, unless the command line (-v) asked for more.
     root.setLevel(min(root.level, logging.getLevelNamesMapping()[config.log.level]))
     try:
-        return asyncio.run(_serve(config, roles))
+        return asyncio.run(_serve(config, roles, show_open))
     except KeyboardInterrupt:
         return 0
 
 
-async def _serve(config: OperatorConfig, roles: Sequence[Role] | None) -> int:
+async def _serve(config: OperatorConfig, roles: Sequence[Role] | None,
+                 show_open: bool = False) -> int:
     from ims.operator import Operator, OperatorError
 
     stop = asyncio.Event()
@@ -110,6 +116,9 @@ async def _serve(config: OperatorConfig, roles: Sequence[Role] | None) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         async with Operator.start(config, roles=roles) as operator:
+            if show_open:  # before the banner: whoever reads it may signal at once
+                loop.add_signal_handler(
+                    signal.SIGUSR1, lambda: print(describe_open(operator), flush=True))
             print(describe(operator), flush=True)
             await stop.wait()
             print(f"ueconnect mno: {config.operator.name} stopping", flush=True)
@@ -138,8 +147,23 @@ def describe(operator: Operator) -> str:
     rows.append(("metrics", server.url if server is not None else "off (no [metrics])"))
     rows.append(("trace", str(config.trace.path) if config.trace is not None
                  else "off (no [trace])"))
+    gateway = operator.gateway
+    rows.append(("gateway", f"relay on {gateway.relay.config.relay_address}"
+                 if gateway is not None else "off (no [gateway] relay)"))
     rows.append(("store", f"{config.store.backend} {config.store.path}"))
     rows.append(("DNS", f"{config.dns.server} (ENUM under {config.dns.enum_suffix})"))
     width = max(len(name) for name, _ in rows)
     lines += [f"  {name:<{width}}  {text}" for name, text in rows]
+    return "\n".join(lines)
+
+
+def describe_open(operator: Operator) -> str:
+    """What the operator's connectivity gateway holds open now (`mno --open`, on SIGUSR1)."""
+    gateway = operator.gateway
+    if gateway is None:
+        return "ueconnect mno: no [gateway] relay here: nothing is ever open"
+    legs = gateway.open_legs()
+    lines = [f"ueconnect mno: {len(legs)} call leg{'s' if len(legs) != 1 else ''} open, "
+             f"{gateway.relay.open_sockets()} relay sockets"]
+    lines += [f"  {leg.describe()}" for leg in legs]
     return "\n".join(lines)

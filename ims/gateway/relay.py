@@ -291,6 +291,23 @@ class RelayTable:
     def allocations(self) -> tuple[RelayAllocation, ...]:
         return tuple(a.view() for a in self._allocations.values())
 
+    def permit(self, allocation_id: int, side: Side,
+               peer: Address | PermittedPeer) -> RelayAllocation:
+        """Change the one peer `side` admits (e.g. the callee's endpoint, known only once the
+        answer arrives); the earlier peer is no longer admitted."""
+        allocation = self._get(allocation_id)
+        permitted = PermittedPeer.of(peer)
+        if ipaddress.ip_address(permitted.address).version != self.config.version:
+            raise GatewayUsageError(
+                f"the {side} peer {permitted.address} is not IPv{self.config.version} like the "
+                f"relay address {self.config.relay_address}"
+            )
+        if side is Side.CALLER:
+            allocation.caller = _Peer(permitted)
+        else:
+            allocation.callee = _Peer(permitted)
+        return allocation.view()
+
     def refresh(self, allocation_id: int, now: float,
                 lifetime: float | None = None) -> RelayAllocation:
         """A new lifetime from `now` (the session was refreshed)."""

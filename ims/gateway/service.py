@@ -1,0 +1,359 @@
+"""The connectivity gateway behind the S-CSCF's seam (ims.seams), on the embedded default: each
+operator relays its own side of the call through its userspace relay (ims.gateway.aiorelay).
+
+The path. Every operator that helps a call holds one relay allocation per leg it serves; its
+*caller side* port faces the caller's direction and its *callee side* port the callee's. With
+both operators relaying, a datagram goes caller -> Alpha's relay -> Beta's relay -> callee:
+
+    Bill -> [Alpha: caller side | callee side] -> [Beta: caller side | callee side] -> Dave
+
+Each port admits one permitted peer, learned from SDP: the description's default destination
+(c=/m=, RFC 8839 section 2, what a peer without ICE sends to). Each relaying operator adds its
+port as a `typ relay` candidate and makes it the default (RFC 8445 section 5.1.4 ranks relayed
+candidates first for the default), so the default a description carries is always the next
+hop towards the UE that wrote it:
+
+- the offer, on its way to the callee: the caller side admits the offer's default (Bill's
+  endpoint at Alpha; Alpha's callee side port at Beta); the callee side port is added;
+- the 2xx answer, on its way back (`complete`): the callee side admits the answer's default
+  (Dave's endpoint at Beta; Beta's caller side port at Alpha); the caller side port is added.
+
+So the answer Bill gets carries Dave's candidates, then Beta's relay candidate, then Alpha's
+(the default, where Bill sends); the offer Dave gets ends with Beta's. Until the answer the
+callee side admits nothing: the table drops what reaches either port of an unanswered
+allocation. A same-operator call runs both legs through one relay, chained the same way.
+
+The UEs' own candidates are kept (docs/extension.md section 8); the relay candidate's
+raddr/rport are the unspecified address and the discard port, so the far side learns nothing
+of the path behind the relay (topology hiding, as the border hides Vias).
+
+Release: the S-CSCF calls `release` on the BYE, on a final non-2xx for every branch of the
+INVITE (a CANCEL ends as 487), and when the request is refused after `prepare`; the relay
+ends what is left at expiry. The lifetime is the session's: RFC 4028 Session-Expires of the
+2xx (else of the INVITE), else the configured default; each in-dialog request (`refresh`)
+restarts it, as a session refresh does (RFC 4028 section 10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from ims.gateway.aiorelay import RelayService
+from ims.gateway.errors import GatewayError, UnknownAllocation
+from ims.gateway.relay import (
+    Address,
+    PermittedPeer,
+    RelayAllocation,
+    RelayConfig,
+    RelayTable,
+    Side,
+)
+from ims.sdp import (
+    Candidate,
+    CandidateType,
+    SdpError,
+    SdpProtocolError,
+    SessionDescription,
+    add_candidate,
+    application_stream_index,
+    candidate_foundation,
+    candidate_priority,
+    parse_sdp,
+    serialize_sdp,
+    stream_endpoints,
+)
+from ims.seams import ConnectRequest, Leg, Refusal
+from ims.sip.message import Request, Response
+
+__all__ = [
+    "DISCARD_PORT",
+    "MAX_SESSION_EXPIRES",
+    "OpenLeg",
+    "RelayGateway",
+    "session_expires",
+]
+
+logger = logging.getLogger(__name__)
+
+SDP_TYPE = "application/sdp"
+DISCARD_PORT = 9  # raddr/rport of our relay candidates: nothing behind the relay is shown
+MAX_SESSION_EXPIRES = 86_400  # bound on a Session-Expires we honour (one day)
+
+
+def session_expires(message: Request | Response) -> int | None:
+    """The delta-seconds of RFC 4028 section 4's Session-Expires (compact form `x`), None when
+    absent or unreadable (then the configured lifetime applies; a bad header is not worth
+    failing a call over), capped at MAX_SESSION_EXPIRES."""
+    value = message.headers.get("Session-Expires")
+    if value is None:
+        return None
+    delta = value.partition(";")[0].strip()
+    if not delta.isascii() or not delta.isdigit() or len(delta) > 10 or int(delta) == 0:
+        return None
+    return min(int(delta), MAX_SESSION_EXPIRES)
+
+
+@dataclass(frozen=True)
+class OpenLeg:
+    """What the gateway holds open for one leg of a call (the listing)."""
+
+    call_id: str
+    leg: Leg
+    caller: str
+    callee: str
+    answered: bool
+    allocation: RelayAllocation
+
+    def describe(self) -> str:
+        a = self.allocation
+        callee_peer = f"{_show(a.callee_peer)}" if self.answered else "(awaiting the answer)"
+        return (
+            f"{self.call_id} {self.leg} {self.caller} -> {self.callee}: "
+            f"caller {_show(a.caller_peer)} <-> {_show(a.caller_side)}, "
+            f"callee {_show(a.callee_side)} <-> {callee_peer}, expires at {a.expires_at:.0f}, "
+            f"{a.counters.caller_to_callee_datagrams}/{a.counters.callee_to_caller_datagrams} "
+            f"datagrams, {a.counters.dropped_unpermitted} dropped"
+        )
+
+
+def _show(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _AnsweringTable(RelayTable):
+    """The relay table with allocations whose callee side is known only from the answer:
+    until `permit_callee`, both ports of such an allocation drop everything."""
+
+    def __init__(self, config: RelayConfig) -> None:
+        super().__init__(config)
+        self.awaiting: set[int] = set()
+
+    def permit_callee(self, allocation_id: int, peer: PermittedPeer) -> RelayAllocation:
+        allocation = self.permit(allocation_id, Side.CALLEE, peer)
+        self.awaiting.discard(allocation_id)
+        return allocation
+
+    def receive(self, allocation_id: int, side: Side, source: Address, size: int,
+                now: float) -> Address | None:
+        if allocation_id in self.awaiting:
+            return None
+        return super().receive(allocation_id, side, source, size, now)
+
+    def release(self, allocation_id: int) -> RelayAllocation:
+        self.awaiting.discard(allocation_id)
+        return super().release(allocation_id)
+
+    def expire(self, now: float) -> tuple[RelayAllocation, ...]:
+        ended = super().expire(now)
+        for allocation in ended:
+            self.awaiting.discard(allocation.id)
+        return ended
+
+
+class _Relay(RelayService):
+    """RelayService over `_AnsweringTable`."""
+
+    table: _AnsweringTable
+
+    def __init__(self, config: RelayConfig) -> None:
+        super().__init__(config)
+        self.table = _AnsweringTable(config)
+
+
+@dataclass
+class _LegState:
+    leg: Leg
+    caller: str
+    callee: str
+    allocation_id: int
+    lifetime: float
+    answer_candidate: Candidate | None = None  # what `complete` adds, once known
+
+
+class RelayGateway:
+    """A ConnectivityGateway (and SessionGateway, ims.seams) relaying every leg it prepares.
+
+        async with RelayGateway.open(RelayConfig("127.0.0.1"), lifetime=1800) as gateway:
+            async with Operator.start(config, gateway=gateway): ...
+
+    `lifetime` is the session lifetime without Session-Expires (seconds)."""
+
+    def __init__(self, relay: RelayService, *, lifetime: float, name: str = "") -> None:
+        if not isinstance(relay.table, _AnsweringTable):
+            raise GatewayError("RelayGateway needs the relay RelayGateway.open makes")
+        self.relay = relay
+        self.table: _AnsweringTable = relay.table
+        self.lifetime = self.table.lifetime_for(lifetime)
+        self.name = name
+        self._calls: dict[str, list[_LegState]] = {}
+        self.allocations_made = 0  # since start: what a refused call must not have raised
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, config: RelayConfig, *, lifetime: float,
+                   name: str = "") -> AsyncIterator[RelayGateway]:
+        relay = _Relay(config)
+        gateway = cls(relay, lifetime=lifetime, name=name)
+        try:
+            yield gateway
+        finally:
+            await gateway.close()
+
+    @classmethod
+    def start(cls, config: RelayConfig, *, lifetime: float, name: str = "") -> RelayGateway:
+        """The gateway with its relay (call inside a running loop); `close` when done."""
+        return cls(_Relay(config), lifetime=lifetime, name=name)
+
+    async def close(self) -> None:
+        self._calls.clear()
+        await self.relay.close()
+
+    # -- the seam ------------------------------------------------------------------------------
+
+    async def prepare(self, request: ConnectRequest) -> Request | Refusal:
+        self._forget_expired()
+        invite = request.request
+        offer = _description(invite)
+        if isinstance(offer, Refusal):
+            return offer
+        if offer is None:
+            logger.warning("gateway %s: %s of Call-ID %s has no SDP offer: nothing opened",
+                           self.name, invite.method, request.call_id)
+            return invite
+        try:
+            index = application_stream_index(offer)
+            default = stream_endpoints(offer, index).default
+            caller_peer = PermittedPeer(default.address, default.port)
+        except (SdpError, GatewayError) as exc:
+            return Refusal(488, f"Not Acceptable Here (offer unusable for the relay: {exc})")
+        lifetime = float(session_expires(invite) or self.lifetime)
+        placeholder = (self.table.config.relay_address, DISCARD_PORT)
+        try:
+            allocation = await self.relay.allocate(caller_peer, placeholder, lifetime)
+        except GatewayError as exc:
+            logger.warning("gateway %s: no relay for Call-ID %s: %s", self.name,
+                           request.call_id, exc)
+            return Refusal(503, "Service Unavailable (no relay port free)")
+        self.table.awaiting.add(allocation.id)
+        self.allocations_made += 1
+        self._calls.setdefault(request.call_id, []).append(
+            _LegState(request.leg, request.caller, request.callee, allocation.id, lifetime)
+        )
+        candidate = self._candidate(allocation.callee_side)
+        rewritten = add_candidate(offer, candidate, media_index=index, make_default=True)
+        logger.info("gateway %s: Call-ID %s %s leg: relay %s for the caller's %s, offering %s",
+                    self.name, request.call_id, request.leg, allocation.id,
+                    _show((caller_peer.address, caller_peer.port)), _show(allocation.callee_side))
+        return invite.with_body(serialize_sdp(rewritten), SDP_TYPE)
+
+    def complete(self, call_id: str, response: Response) -> Response:
+        """A 2xx to an INVITE we prepared: permit the answer's default on the callee side of
+        each leg (the terminating one first: the answer meets it first) and add each leg's
+        caller side port. A retransmitted 2xx, or a second fork's, gets the same candidates;
+        only the first answer sets the peer."""
+        legs = self._calls.get(call_id)
+        if not legs or not 200 <= response.status_code < 300:
+            return response
+        answer = _description(response)
+        if answer is None or isinstance(answer, Refusal):
+            logger.warning("gateway %s: the 2xx of Call-ID %s carries no readable SDP answer: "
+                           "the relay stays closed", self.name, call_id)
+            return response
+        lifetime = session_expires(response)
+        try:
+            index = application_stream_index(answer)
+            for state in sorted(legs, key=lambda s: s.leg is not Leg.TERMINATING):
+                if state.answer_candidate is None:
+                    default = stream_endpoints(answer, index).default
+                    self.table.permit_callee(
+                        state.allocation_id, PermittedPeer(default.address, default.port)
+                    )
+                    if lifetime is not None:
+                        state.lifetime = float(lifetime)
+                    self.table.refresh(state.allocation_id, self.relay.loop.time(),
+                                       state.lifetime)
+                    allocation = self.table.allocation(state.allocation_id)
+                    state.answer_candidate = self._candidate(allocation.caller_side)
+                answer = add_candidate(answer, state.answer_candidate, media_index=index,
+                                       make_default=True)
+        except UnknownAllocation:
+            logger.warning("gateway %s: the relay of Call-ID %s expired before the answer",
+                           self.name, call_id)
+            return response
+        except (SdpError, GatewayError) as exc:
+            logger.warning("gateway %s: the answer of Call-ID %s is unusable for the relay: %s",
+                           self.name, call_id, exc)
+            return response
+        return response.with_body(serialize_sdp(answer), SDP_TYPE)
+
+    async def refresh(self, request: Request) -> None:
+        """An in-dialog request of a call we relay: its lifetime starts again (RFC 4028
+        section 10), with the request's Session-Expires when it carries one."""
+        lifetime = session_expires(request)
+        for state in self._calls.get(request.call_id, ()):
+            if lifetime is not None:
+                state.lifetime = float(lifetime)
+            # Expired already: `_forget_expired` drops the record.
+            with contextlib.suppress(UnknownAllocation):
+                await self.relay.refresh(state.allocation_id, state.lifetime)
+
+    async def release(self, call_id: str) -> None:
+        for state in self._calls.pop(call_id, ()):
+            with contextlib.suppress(UnknownAllocation):
+                allocation = await self.relay.release(state.allocation_id)
+                logger.info("gateway %s: Call-ID %s %s leg released: %s", self.name, call_id,
+                            state.leg, allocation.counters)
+
+    # -- the listing ---------------------------------------------------------------------------
+
+    def open_legs(self) -> tuple[OpenLeg, ...]:
+        """Every leg holding a relay allocation now, oldest first."""
+        self._forget_expired()
+        out = []
+        for call_id, legs in self._calls.items():
+            for state in legs:
+                with contextlib.suppress(UnknownAllocation):
+                    out.append(OpenLeg(
+                        call_id, state.leg, state.caller, state.callee,
+                        state.allocation_id not in self.table.awaiting,
+                        self.table.allocation(state.allocation_id),
+                    ))
+        return tuple(out)
+
+    # -- inside --------------------------------------------------------------------------------
+
+    def _candidate(self, address: Address) -> Candidate:
+        host, port = address
+        unspecified = "::" if ":" in host else "0.0.0.0"
+        return Candidate(
+            foundation=candidate_foundation(CandidateType.RELAY, host, server=self.name or None),
+            component=1,
+            transport="UDP",
+            priority=candidate_priority(CandidateType.RELAY),
+            address=host,
+            port=port,
+            type=CandidateType.RELAY,
+            related_address=unspecified,
+            related_port=DISCARD_PORT,
+        )
+
+    def _forget_expired(self) -> None:
+        """Drop the records of calls whose every allocation the relay expired."""
+        for call_id in [c for c, legs in self._calls.items()
+                        if not any(s.allocation_id in self.table for s in legs)]:
+            del self._calls[call_id]
+
+
+def _description(message: Request | Response) -> SessionDescription | Refusal | None:
+    """The message's SDP (None: no SDP body); a Refusal (400/488) when it cannot be read."""
+    content_type = (message.headers.get("Content-Type") or "").partition(";")[0].strip()
+    if not message.body or content_type.lower() != SDP_TYPE:
+        return None
+    try:
+        return parse_sdp(message.body)
+    except SdpProtocolError as exc:
+        return Refusal(exc.status_code or 400, f"Bad Request (SDP: {exc})")
