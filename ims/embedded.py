@@ -106,6 +106,9 @@ listen = [{borders}]
 {peers}
 [permission]
 deadline = 10
+
+[gateway]
+mode = "relay"
 {trace_section}
 [log]
 level = "warning"

@@ -16,7 +16,8 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" ok ") == 5, result.stdout
+    assert result.stdout.count(" ok ") == 6, result.stdout
+    assert "100 datagrams each way" in result.stdout and "every relay leg and socket released" in result.stdout
     assert "FAIL" not in result.stdout
     # Both operators' roles on the ladder, and the HTML copy of it.
     for column in ("Alpha P-CSCF", "Alpha Border", "Beta Border", "Beta P-CSCF"):
@@ -28,7 +29,7 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count(" ok ") == 5
+    assert again.stdout.count(" ok ") == 6
 
 
 def test_demo_says_what_is_in_the_way_when_the_plan_addresses_are_taken(tmp_path: Path) -> None:
