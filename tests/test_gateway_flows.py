@@ -18,9 +18,7 @@ from typing import Any, cast
 
 import pytest
 
-from ims.config import ConfigError, GatewayMode, Role, load_config, parse_config
-from ims.dns import worlds
-from ims.dns.server import start_server
+from ims.config import ConfigError, GatewayMode, Role, parse_config
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import DISCARD_PORT, RelayGateway, session_expires
 from ims.operator import Operator
@@ -43,19 +41,16 @@ from ims.seams import ConnectRequest, Leg, Refusal, SessionGateway
 from ims.sip.message import Request, Response, parse_message
 from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall
-from ims.store import Store, open_store
+from ims.store import Store
 from tests.test_operator_flows import (
     DOMAINS,
-    FAST,
     HELP,
+    NETS,
     PASSWORD,
     PEOPLE,
-    Plan,
-    _add_subscribers,
-    _config_text,
     _free_port,
     _impi,
-    _zone_operator,
+    start_operators,
 )
 from tests.test_permission_flows import CALL, DAVE, App, _agent
 from ue_ua.agent import UeAgent
@@ -82,43 +77,14 @@ async def world(tmp_path: Path, people: tuple[str, ...] = ("bill", "dave")
                 ) -> AsyncIterator[World]:
     """Alpha and Beta with [permission] (deadline 1 s) and [gateway] mode relay, each relay on
     its S-CSCF's loopback address; Bill and Dave registered with the extension."""
-    plans = {
-        "alpha": Plan(1, *(_free_port(f"127.0.1.{i}") for i in (1, 2, 3))),
-        "beta": Plan(2, *(_free_port(f"127.0.2.{i}") for i in (1, 2, 3))),
-    }
-    zone_world = worlds.World("test", (
-        _zone_operator("Alpha", "01", plans["alpha"]),
-        _zone_operator("Beta", "02", plans["beta"]),
-    ))
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    for file_name, text in worlds.render_world(zone_world).items():
-        (zones / file_name).write_text(text, encoding="ascii")
     async with AsyncExitStack() as stack:
-        dns = await stack.enter_async_context(await start_server(zones, "127.0.0.1", 0))
-        peers = {
-            "alpha": '[[border.peers]]\nname = "Beta"\nplmn = "001-02"\n'
-                     'admit_from = ["127.0.2.0/24"]\n',
-            "beta": '[[border.peers]]\nname = "Alpha"\nplmn = "001-01"\n'
-                    'admit_from = ["127.0.1.0/24"]\n',
+        extra = {
+            n: "\n[permission]\ndeadline = 1\n"
+            f'\n[gateway]\nmode = "relay"\nrelay_address = "127.0.{net}.2"\nlifetime = 60\n'
+            for n, net in NETS.items()
         }
-        plmns = {"alpha": ("Alpha", "001-01", 1), "beta": ("Beta", "001-02", 2)}
-        for n, (label, plmn, net) in plmns.items():
-            text = _config_text(label, plmn, plans[n], dns.port, peers[n])
-            (tmp_path / f"{n}.toml").write_text(
-                text + "\n[permission]\ndeadline = 1\n"
-                f'\n[gateway]\nmode = "relay"\nrelay_address = "127.0.{net}.2"\nlifetime = 60\n'
-            )
-        configs = {n: load_config(tmp_path / f"{n}.toml") for n in plmns}
-        stores: dict[str, Store] = {}
-        for n, config in configs.items():
-            stores[n] = stack.enter_context(open_store(config.store))
-            _add_subscribers(stores[n], n, config.realm)
-        alpha = await stack.enter_async_context(
-            Operator.start(configs["alpha"], store=stores["alpha"], timers=FAST))
-        beta = await stack.enter_async_context(
-            Operator.start(configs["beta"], store=stores["beta"], timers=FAST))
-        ops = {"alpha": alpha, "beta": beta}
+        ops, stores = await start_operators(stack, tmp_path, extra=extra)
+        alpha, beta = ops["alpha"], ops["beta"]
         apps = {name: App() for name in PEOPLE}
         agents = {name: await _agent(stack, name, ops, apps[name]) for name in people}
         for name, agent in agents.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,44 +137,62 @@ def _add_subscribers(store: Store, operator: str, realm: str) -> None:
         ))
 
 
+NETS = {"alpha": 1, "beta": 2}  # Alpha on 127.0.1.x, Beta on 127.0.2.x
+PLMNS = {"alpha": ("Alpha", "001-01"), "beta": ("Beta", "001-02")}
+
+
+async def start_operators(
+    stack: AsyncExitStack,
+    tmp_path: Path,
+    *,
+    extra: dict[str, str] | None = None,
+    gamma: bool = False,
+    gateways: dict[str, Callable[[Store], Any]] | None = None,
+) -> tuple[dict[str, Operator], dict[str, Store]]:
+    """Alpha and Beta on free loopback ports with the embedded DNS server serving their zones
+    (and Gamma's, an operator whose borders never answer, with `gamma`), the demo subscribers
+    provisioned; `extra` config text per operator ("alpha"/"beta"), `gateways` a factory per
+    operator making its gateway from its store. Everything is entered into `stack`."""
+    extra, gateways = extra or {}, gateways or {}
+    plans = {n: Plan(net, *(_free_port(f"127.0.{net}.{i}") for i in (1, 2, 3)))
+             for n, net in NETS.items()}
+    zone_ops = [_zone_operator(PLMNS[n][0], PLMNS[n][1][-2:], plans[n]) for n in NETS]
+    if gamma:
+        zone_ops.append(_zone_operator("Gamma", "03", Plan(3, 0, 0, _free_port("127.0.3.3")),
+                                       dead=True))
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    for file_name, text in worlds.render_world(worlds.World("test", tuple(zone_ops))).items():
+        (zones / file_name).write_text(text, encoding="ascii")
+    dns = await stack.enter_async_context(await start_server(zones, "127.0.0.1", 0))
+    stores: dict[str, Store] = {}
+    ops: dict[str, Operator] = {}
+    for n, (label, plmn) in PLMNS.items():
+        others = [(PLMNS[o][0], PLMNS[o][1], NETS[o]) for o in PLMNS if o != n]
+        if gamma and n == "alpha":
+            others.append(("Gamma", "001-03", 3))
+        peers = "".join(
+            f'[[border.peers]]\nname = "{name}"\nplmn = "{peer_plmn}"\n'
+            f'admit_from = ["127.0.{net}.0/24"]\n'
+            for name, peer_plmn, net in others
+        )
+        path = tmp_path / f"{n}.toml"
+        path.write_text(_config_text(label, plmn, plans[n], dns.port, peers) + extra.get(n, ""))
+        config = load_config(path)
+        stores[n] = stack.enter_context(open_store(config.store))
+        _add_subscribers(stores[n], n, config.realm)
+        make_gateway = gateways.get(n)
+        gateway = make_gateway(stores[n]) if make_gateway is not None else None
+        ops[n] = await stack.enter_async_context(
+            Operator.start(config, store=stores[n], timers=FAST, gateway=gateway))
+    return ops, stores
+
+
 @asynccontextmanager
 async def world(tmp_path: Path, *, register: tuple[str, ...] = ("bill", "carol", "dave")
                 ) -> AsyncIterator[World]:
-    plans = {
-        "alpha": Plan(1, *(_free_port(f"127.0.1.{i}") for i in (1, 2, 3))),
-        "beta": Plan(2, *(_free_port(f"127.0.2.{i}") for i in (1, 2, 3))),
-        "gamma": Plan(3, 0, 0, _free_port("127.0.3.3")),
-    }
-    zone_world = worlds.World("test", (
-        _zone_operator("Alpha", "01", plans["alpha"]),
-        _zone_operator("Beta", "02", plans["beta"]),
-        _zone_operator("Gamma", "03", plans["gamma"], dead=True),
-    ))
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    for file_name, text in worlds.render_world(zone_world).items():
-        (zones / file_name).write_text(text, encoding="ascii")
     async with AsyncExitStack() as stack:
-        dns = await stack.enter_async_context(await start_server(zones, "127.0.0.1", 0))
-        alpha_peers = (
-            '[[border.peers]]\nname = "Beta"\nplmn = "001-02"\nadmit_from = ["127.0.2.0/24"]\n'
-            '[[border.peers]]\nname = "Gamma"\nplmn = "001-03"\nadmit_from = ["127.0.3.0/24"]\n'
-        )
-        beta_peers = '[[border.peers]]\nname = "Alpha"\nplmn = "001-01"\nadmit_from = ["127.0.1.0/24"]\n'
-        (tmp_path / "alpha.toml").write_text(
-            _config_text("Alpha", "001-01", plans["alpha"], dns.port, alpha_peers))
-        (tmp_path / "beta.toml").write_text(
-            _config_text("Beta", "001-02", plans["beta"], dns.port, beta_peers))
-        configs = {n: load_config(tmp_path / f"{n}.toml") for n in ("alpha", "beta")}
-        stores: dict[str, Store] = {}
-        for n, config in configs.items():
-            stores[n] = stack.enter_context(open_store(config.store))
-            _add_subscribers(stores[n], n, config.realm)
-        alpha = await stack.enter_async_context(
-            Operator.start(configs["alpha"], store=stores["alpha"], timers=FAST))
-        beta = await stack.enter_async_context(
-            Operator.start(configs["beta"], store=stores["beta"], timers=FAST))
-        ops = {"alpha": alpha, "beta": beta}
+        ops, stores = await start_operators(stack, tmp_path, gamma=True)
         ues: dict[str, UserAgent] = {}
         for name, (op, number) in PEOPLE.items():
             ua = UserAgent(SipUri(host=DOMAINS[op], user=number), timers=FAST,
@@ -185,7 +203,7 @@ async def world(tmp_path: Path, *, register: tuple[str, ...] = ("bill", "carol",
         for name in register:
             await ues[name].register(SipUri(host=DOMAINS[PEOPLE[name][0]]),
                                      username=_impi(name), password=PASSWORD.format(name))
-        yield World(alpha, beta, stores, ues)
+        yield World(ops["alpha"], ops["beta"], stores, ues)
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:

@@ -21,26 +21,24 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ims.config import Role, TraceConfig, load_config
-from ims.dns import worlds
-from ims.dns.server import start_server
+from ims.config import Role, TraceConfig
 from ims.operator import Operator, OperatorError
 from ims.registrar import RegisteredContacts
 from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall, UserAgent
-from ims.store import Binding, Store, open_store
+from ims.store import Binding, Store
 from ims.trace import build_ladder, calls, read_trace
 from tests.test_operator_flows import (
     DOMAINS,
     FAST,
+    NETS,
     PASSWORD,
     PEOPLE,
     Plan,
-    _add_subscribers,
     _config_text,
     _free_port,
     _impi,
-    _zone_operator,
+    start_operators,
 )
 
 MAIN = Path(__file__).resolve().parent.parent
@@ -62,40 +60,15 @@ async def observed_world(
 ) -> AsyncIterator[World]:
     """Alpha and Beta as in test_operator_flows, both tracing to one file (and with
     [metrics] on a free loopback port each); Bill, Carol, Dave and Eve as our UserAgents."""
-    plans = {
-        "alpha": Plan(1, *(_free_port(f"127.0.1.{i}") for i in (1, 2, 3))),
-        "beta": Plan(2, *(_free_port(f"127.0.2.{i}") for i in (1, 2, 3))),
-    }
-    zone_world = worlds.World("test", (
-        _zone_operator("Alpha", "01", plans["alpha"]),
-        _zone_operator("Beta", "02", plans["beta"]),
-    ))
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    for file_name, text in worlds.render_world(zone_world).items():
-        (zones / file_name).write_text(text, encoding="ascii")
     trace = tmp_path / "trace.jsonl"
-    peers = {"alpha": ("Beta", "001-02", 2), "beta": ("Alpha", "001-01", 1)}
+    extra = {}
+    for n, net in NETS.items():
+        extra[n] = f'\n[trace]\npath = "{trace}"\n'
+        if metrics:
+            port = _free_port(f"127.0.{net}.1")
+            extra[n] += f'\n[metrics]\nlisten = "127.0.{net}.1:{port}"\n'
     async with AsyncExitStack() as stack:
-        dns = await stack.enter_async_context(await start_server(zones, "127.0.0.1", 0))
-        configs = {}
-        for n, (peer, peer_plmn, peer_net) in peers.items():
-            net = plans[n].net
-            extra = f'\n[trace]\npath = "{trace}"\n'
-            if metrics:
-                extra += f'\n[metrics]\nlisten = "127.0.{net}.1:{_free_port(f"127.0.{net}.1")}"\n'
-            peer_text = (f'[[border.peers]]\nname = "{peer}"\nplmn = "{peer_plmn}"\n'
-                         f'admit_from = ["127.0.{peer_net}.0/24"]\n')
-            plmn = "001-01" if n == "alpha" else "001-02"
-            (tmp_path / f"{n}.toml").write_text(
-                _config_text(n.capitalize(), plmn, plans[n], dns.port, peer_text) + extra)
-            configs[n] = load_config(tmp_path / f"{n}.toml")
-        stores: dict[str, Store] = {}
-        for n, config in configs.items():
-            stores[n] = stack.enter_context(open_store(config.store))
-            _add_subscribers(stores[n], n, config.realm)
-        ops = {n: await stack.enter_async_context(
-            Operator.start(configs[n], store=stores[n], timers=FAST)) for n in configs}
+        ops, stores = await start_operators(stack, tmp_path, extra=extra)
         ues: dict[str, UserAgent] = {}
         for name, (op, number) in PEOPLE.items():
             ua = UserAgent(SipUri(host=DOMAINS[op], user=number), timers=FAST,

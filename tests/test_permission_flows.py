@@ -20,9 +20,7 @@ from typing import Any
 import pytest
 
 from ims.cli import permission as permission_cli
-from ims.config import Role, load_config
-from ims.dns import worlds
-from ims.dns.server import start_server
+from ims.config import Role
 from ims.operator import Operator
 from ims.permission.audit import DecisionRecord, How
 from ims.permission.bodies import ANSWER_TYPE, INQUIRY_TYPE, Answer, Inquiry
@@ -32,7 +30,7 @@ from ims.sip.address import Address
 from ims.sip.message import Request, Response
 from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall, UserAgent
-from ims.store import Store, open_store
+from ims.store import Store
 from tests.test_operator_flows import (
     ALPHA,
     BETA,
@@ -41,12 +39,8 @@ from tests.test_operator_flows import (
     HELP,
     PASSWORD,
     PEOPLE,
-    Plan,
-    _add_subscribers,
-    _config_text,
-    _free_port,
     _impi,
-    _zone_operator,
+    start_operators,
 )
 from ue_ua.agent import UeAgent
 from ue_ua.permissions import RuleBook
@@ -125,42 +119,20 @@ async def world(tmp_path: Path, *, register: tuple[str, ...] = ("bill", "dave"),
                 ) -> AsyncIterator[World]:
     """Alpha and Beta with [permission]; `register` UEs with Supported: ueconnect, `plain`
     ones without; `second_dave` a second device of Dave ("dave2"), with the extension."""
-    plans = {
-        "alpha": Plan(1, *(_free_port(f"127.0.1.{i}") for i in (1, 2, 3))),
-        "beta": Plan(2, *(_free_port(f"127.0.2.{i}") for i in (1, 2, 3))),
-    }
-    zone_world = worlds.World("test", (
-        _zone_operator("Alpha", "01", plans["alpha"]),
-        _zone_operator("Beta", "02", plans["beta"]),
-    ))
-    zones = tmp_path / "zones"
-    zones.mkdir()
-    for file_name, text in worlds.render_world(zone_world).items():
-        (zones / file_name).write_text(text, encoding="ascii")
     async with AsyncExitStack() as stack:
-        dns = await stack.enter_async_context(await start_server(zones, "127.0.0.1", 0))
-        peers = {
-            "alpha": '[[border.peers]]\nname = "Beta"\nplmn = "001-02"\n'
-                     'admit_from = ["127.0.2.0/24"]\n',
-            "beta": '[[border.peers]]\nname = "Alpha"\nplmn = "001-01"\n'
-                    'admit_from = ["127.0.1.0/24"]\n',
-        }
-        plmns = {"alpha": ("Alpha", "001-01"), "beta": ("Beta", "001-02")}
-        for n, (label, plmn) in plmns.items():
-            text = _config_text(label, plmn, plans[n], dns.port, peers[n])
-            (tmp_path / f"{n}.toml").write_text(
-                text + f"\n[permission]\ndeadline = {DEADLINE}\n")
-        configs = {n: load_config(tmp_path / f"{n}.toml") for n in plmns}
-        stores: dict[str, Store] = {}
-        for n, config in configs.items():
-            stores[n] = stack.enter_context(open_store(config.store))
-            _add_subscribers(stores[n], n, config.realm)
-        gateway = RecordingGateway(stores["beta"])
-        alpha = await stack.enter_async_context(
-            Operator.start(configs["alpha"], store=stores["alpha"], timers=FAST))
-        beta = await stack.enter_async_context(
-            Operator.start(configs["beta"], store=stores["beta"], timers=FAST, gateway=gateway))
-        ops = {"alpha": alpha, "beta": beta}
+        permission = f"\n[permission]\ndeadline = {DEADLINE}\n"
+        made: list[RecordingGateway] = []
+
+        def recording(store: Store) -> RecordingGateway:
+            made.append(RecordingGateway(store))
+            return made[-1]
+
+        ops, stores = await start_operators(
+            stack, tmp_path, extra={"alpha": permission, "beta": permission},
+            gateways={"beta": recording},
+        )
+        alpha, beta = ops["alpha"], ops["beta"]
+        gateway = made[0]
         apps = {name: App() for name in (*PEOPLE, "dave2")}
         agents = {name: await _agent(stack, name, ops, apps[name]) for name in PEOPLE}
         if second_dave:
