@@ -20,7 +20,8 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count(" ok ") == 7, result.stdout
+    assert result.stdout.count(" ok ") == 8, result.stdout
+    assert "forwards tel:+15550100002 at MNO 001-02" in result.stdout
     assert "100 datagrams each way" in result.stdout and "every relay leg and socket released" in result.stdout
     assert "FAIL" not in result.stdout
     # Both operators' roles on the ladder, and the HTML copy of it.
@@ -33,7 +34,7 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=90,
     )  # fmt: skip
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count(" ok ") == 7
+    assert again.stdout.count(" ok ") == 8
 
 
 def test_demo_says_what_is_in_the_way_when_the_plan_addresses_are_taken(tmp_path: Path) -> None:

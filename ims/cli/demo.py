@@ -2,8 +2,10 @@
 
 Both operators (P-CSCF, S-CSCF, border), the embedded DNS server and two UEs run on loopback
 in this process (ims/embedded.py). The demo walks TR 22.807 section 4.2.3's flows that exist
-in this build: both UEs register with their own operator; Bill's UE asks for a connection to
-Dave (Require: ueconnect, Target-MNO); Alpha locates Beta through ENUM and RFC 3263; Beta's
+in this build: both UEs register with their own operator; in the game lobby (JSON over
+WebSocket) Bill invites Dave, they agree the rules with Bill's UE as session server and Dave's
+UE forwards its UE and MNO identifiers; Bill's UE asks for a connection to Dave with them
+(Require: ueconnect, Target-MNO); Alpha locates Beta through ENUM and RFC 3263; Beta's
 permission function asks Dave's UE, which allows; each operator relays its UE's side and adds
 its relay to the SDP; Dave's UE answers; 100 datagrams go each way with their RTT; the call is
 ended and every relay is released; both UEs unregister. Each step prints with its time, the SIP
@@ -54,10 +56,23 @@ from ims.sdp import (
 )
 from ims.sip.errors import SipError
 from ims.sip.transport import BindError
-from ims.sip.uri import SipUri, TelUri
+from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import Call, CallFailed, IncomingCall, UserAgent
 from ims.trace import TraceError, calls, read_trace, render_ladder, render_ladder_html
 from ue_ua.agent import UeAgent
+from ue_ua.lobby import (
+    Accepted,
+    GameRules,
+    Identity,
+    Invited,
+    LobbyError,
+    Player,
+    Presence,
+    Proposed,
+    SessionServer,
+    Welcome,
+)
+from ue_ua.lobby_ws import LobbyConnection, LobbyHandle, serve_lobby
 
 DATAGRAMS = 100  # each way
 
@@ -280,7 +295,7 @@ class _Steps:
         began = time.perf_counter()
         try:
             detail = await asyncio.wait_for(work(), 15)
-        except (DnsError, SipError, OSError, TimeoutError) as exc:
+        except (DnsError, SipError, LobbyError, OSError, TimeoutError) as exc:
             self.failed = True
             why = str(exc) or type(exc).__name__
             print(f"  FAIL {name}: {why}", file=self.out, flush=True)
@@ -379,6 +394,9 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
         forward = f"{caller_name.lower()}_to_{callee_name.lower()}"
         backward = f"{callee_name.lower()}_to_{caller_name.lower()}"
         invite_sent = 0.0
+        lobby_peer: dict[str, str] = {}
+        lobbies: list[LobbyHandle] = []
+        connections: list[LobbyConnection] = []
 
         async def answer(incoming: IncomingCall) -> None:
             offered.append(incoming)
@@ -398,6 +416,43 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                     return f"200 OK, expires {got.expires} s, P-Associated-URI {assoc}"
 
                 await steps.run(f"{sub.name} registers at {sub.operator} (digest)", reg)
+
+            async def lobby() -> str:
+                # TR 22.807 4.2.3 flow 2, application level: presence, invite, accept, rules,
+                # the session server (the caller's UE), and the callee forwarding its UE and
+                # MNO identifiers to it.
+                handle = await serve_lobby("127.0.0.1", 0)
+                lobbies.append(handle)
+                url = f"ws://127.0.0.1:{handle.port}"
+                me = Player(caller_sub.tel_uri, _plmn(caller_sub.operator), caller_name)
+                peer = Player(callee_sub.tel_uri, target_plmn, callee_name)
+                host = await LobbyConnection.open(url, me)
+                guest = await LobbyConnection.open(url, peer)
+                connections.extend((host, guest))
+                for conn in (host, guest):
+                    await conn.send(conn.client.hello())
+                    await conn.expect(Welcome)
+                while peer not in host.client.present:
+                    await host.expect(Presence)
+                await host.send(host.client.invite(peer.ue_id))
+                sid = (await guest.expect(Invited)).session_id
+                await guest.send(guest.client.accept(sid))
+                await host.expect(Accepted)
+                await host.send(host.client.host(sid, GameRules(tick_rate=30)))
+                await guest.expect(Proposed)
+                await guest.send(guest.client.agree(sid))
+                rules = (await host.expect(SessionServer)).rules
+                await guest.expect(SessionServer)
+                await guest.send(guest.client.forward_identity(sid))
+                identity = await host.expect(Identity)
+                lobby_peer["ue_id"], lobby_peer["mno_id"] = identity.ue_id, identity.mno_id
+                return (
+                    f"{caller_name} invites {callee_name}, who accepts; {rules.game} at "
+                    f"{rules.tick_rate} ticks/s with {caller_name}'s UE as session server; "
+                    f"{callee_name}'s UE forwards {identity.ue_id} at MNO {identity.mno_id}"
+                )
+
+            await steps.run("the game lobby: invite, rules, session server, identities", lobby)
 
             async def locate() -> str:
                 locator = Locator(LocatorConfig.for_server("127.0.0.1", world.dns.port))
@@ -419,9 +474,9 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                 nonlocal invite_sent
                 invite_sent = time.perf_counter()
                 call = await caller.call(
-                    TelUri(callee_sub.e164),
+                    parse_uri(lobby_peer["ue_id"]),
                     extra=[("Require", "ueconnect"), ("Supported", "ueconnect"),
-                           ("Target-MNO", target_plmn)],
+                           ("Target-MNO", lobby_peer["mno_id"])],
                     body=_offer(caller_game.address),
                     content_type="application/sdp",
                 )  # fmt: skip
@@ -445,9 +500,9 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                 invite_sent = time.perf_counter()
                 try:
                     call = await caller.call(
-                        TelUri(callee_sub.e164),
+                        parse_uri(lobby_peer["ue_id"]),
                         extra=[("Require", "ueconnect"), ("Supported", "ueconnect"),
-                               ("Target-MNO", target_plmn)],
+                               ("Target-MNO", lobby_peer["mno_id"])],
                         body=_offer(caller_game.address),
                         content_type="application/sdp",
                     )  # fmt: skip
@@ -574,6 +629,10 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
 
             await steps.run("both UEs unregister", unregister)
         finally:
+            for conn in connections:
+                await conn.close()
+            for handle in lobbies:
+                await handle.close()
             for game in (caller_game, callee_game):
                 if game.transport is not None:
                     game.transport.close()
