@@ -655,7 +655,7 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
     if not as_json:
         print(
             "demo: done. Not in this build yet: CGN mappings through PCP (the embedded default "
-            "relays), ICE checks, the lobby and the game itself."
+            "relays), ICE checks, and the game itself (the datagrams here are echoes)."
         )
     return 0
 
