@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench import BenchError, Benchmark
-from bench.knot import KnotServer, free_udp_tcp_port, wait_authoritative
+from bench.knot import KnotServer, wait_authoritative
+from bench.sipp import free_udp_tcp_port
 from ims.dns.locator import Locator, LocatorConfig
 
 ZONES = Path(__file__).resolve().parents[1] / "dns_zones" / "loopback"

@@ -8,7 +8,6 @@ zones loaded whole with semantic checks on; it is stopped (SIGTERM, then SIGKILL
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import dns.query
 import dns.rcode
 
 from bench import BenchError, ToolMissing
+from bench.sipp import free_udp_tcp_port
 
 KNOT_HINT = "install the Debian package knot (apt-get install knot)"
 
@@ -32,21 +32,6 @@ def find_knotd() -> str:
     if path is None:
         raise ToolMissing("knotd", KNOT_HINT)
     return path
-
-
-def free_udp_tcp_port() -> int:
-    """A 127.0.0.1 port free for both UDP and TCP right now (bounded attempts)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise BenchError("no loopback port free for both UDP and TCP")
 
 
 def wait_authoritative(

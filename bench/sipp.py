@@ -95,6 +95,22 @@ def free_port(host: str = "127.0.0.1", kind: socket.SocketKind = socket.SOCK_DGR
         return port
 
 
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` free for both UDP and TCP right now (bounded attempts)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for _ in range(50):
+        with socket.socket(family, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise BenchError(f"no port on {host} free for both UDP and TCP")
+
+
 def find_sipp() -> str:
     """The sipp executable, or ToolMissing with how to get it."""
     path = shutil.which("sipp")

@@ -21,6 +21,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from bench.sipp import free_port
 from ims.dns.errors import DnsTimeout, ZoneFileError
 from ims.dns.locator import Locator, LocatorConfig, Nameserver
 from ims.dns.server import DnsServer, start_server
@@ -216,15 +217,9 @@ def test_nameserver_failover_and_dns_timeout() -> None:
     _run(LOOPBACK, body)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_cli_dns_serve_answers_kdig() -> None:
     kdig = shutil.which("kdig")
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ims", "dns", "serve", "--port", str(port)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

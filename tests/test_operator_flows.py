@@ -5,7 +5,6 @@ plus Gamma (001-03), an operator whose borders never answer."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from bench.sipp import free_udp_tcp_port as _free_port
 from ims.config import Role, load_config
 from ims.dns import worlds
 from ims.dns.server import start_server
@@ -36,21 +36,6 @@ PEOPLE = {  # name: (operator, number)
     "eve": ("beta", "+15550100004"),
 }
 DOMAINS = {"alpha": ALPHA, "beta": BETA}
-
-
-def _free_port(host: str) -> int:
-    """A port free for UDP and TCP on `host` (bounded tries)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return int(port)
-    raise RuntimeError(f"no free port on {host}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.sipp import free_port
 from ims.sip.address import Address
 from ims.sip.dialog import Dialog, create_initial_request
 from ims.sip.ids import IdSource
@@ -35,13 +36,6 @@ def _sipp() -> str:
     if sipp is None:
         pytest.skip("sipp not on PATH (Debian package sip-tester provides /usr/bin/sipp)")
     return sipp
-
-
-def _free_port(kind: socket.SocketKind) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def _run_sipp(argv: list[str], workdir: Path) -> tuple[int, str]:
@@ -121,7 +115,7 @@ def test_sipp_uac_calls_our_stack(transport: str, tmp_path: Path) -> None:
         ref.append(stack)
         local = (await stack.listen(transport, "127.0.0.1")).local
         kind = socket.SOCK_DGRAM if transport == "UDP" else socket.SOCK_STREAM
-        argv = _sipp_argv(sipp, "uac", transport, _free_port(kind), tmp_path)
+        argv = _sipp_argv(sipp, "uac", transport, free_port("127.0.0.1", kind), tmp_path)
         code, screen = await _run_sipp([*argv, local.hostport], tmp_path)
         await stack.close()
         assert code == 0 and _successful(screen) == 1, screen[-3000:] + _messages(tmp_path)
@@ -135,7 +129,7 @@ def test_our_stack_calls_sipp_uas_and_hangs_up(tmp_path: Path) -> None:
     async def main() -> None:
         stack = SipStack(lambda event: None)
         local = (await stack.listen("UDP", "127.0.0.1")).local
-        port = _free_port(socket.SOCK_DGRAM)
+        port = free_port("127.0.0.1", socket.SOCK_DGRAM)
         argv = _sipp_argv(sipp, "uas", "UDP", port, tmp_path)
         sipp_task = asyncio.create_task(_run_sipp(argv, tmp_path))
         peer = Address("UDP", "127.0.0.1", port)
