@@ -29,8 +29,18 @@ from pathlib import Path
 import pytest
 
 from ims.pcp.codec import Endpoint, Filter, MapData, Request, encode_request
-from ims.pcp.nft import DEFAULT_TABLE, NftMappingTable, render_rules
-from ims.pcp.server import MappingChanges, PcpServer, PcpServerConfig
+from ims.pcp.constants import PROTOCOL_UDP, Opcode
+from ims.pcp.errors import NftError
+from ims.pcp.nft import (
+    DEFAULT_TABLE,
+    FAMILY,
+    NftMappingTable,
+    Translation,
+    listed_translations,
+    render_rules,
+    run_nft,
+)
+from ims.pcp.server import Mapping, MappingChanges, PcpServer, PcpServerConfig
 
 pytestmark = pytest.mark.root
 
@@ -72,9 +82,9 @@ def _skip_reason() -> str | None:
         return "network namespaces need Linux"
     if os.geteuid() != 0:
         return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool in ("ip", "nft"):
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack")):
         if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian packages iproute2 / nftables)"
+            return f"'{tool}' is not installed (Debian package {package})"
     return None
 
 
@@ -130,6 +140,11 @@ class NatBed:
         listing = json.loads(self.run(self.cgn, "nft", "-j", "list", "ruleset"))
         return [item["rule"].get("comment", "") for item in listing["nftables"]
                 if "rule" in item and item["rule"]["table"] == table]
+
+    def flows(self, external: str, port: int) -> str:
+        """conntrack's listing of the UDP flows sent to external:port."""
+        return self.run(self.cgn, "conntrack", "-L", "-p", "udp", "--orig-dst", external,
+                        "--dport", str(port), check=False)
 
     def tables(self) -> set[str]:
         listing = json.loads(self.run(self.cgn, "nft", "-j", "list", "tables"))
@@ -193,6 +208,53 @@ def test_nft_table_applies_and_removes_mappings_in_process(testbed: NatBed) -> N
     assert "ueconnect_pcp_unit" not in testbed.tables()
 
 
+def _mapping(mapping_id: str, internal_port: int, external_port: int,
+             peer: tuple[str, int] | None) -> Mapping:
+    ip = ipaddress.ip_address
+    return Mapping(mapping_id, Opcode.PEER if peer else Opcode.MAP, PROTOCOL_UDP,
+                   Endpoint(ip(UE), internal_port), Endpoint(ip(EXTERNAL), external_port),
+                   b"n" * 12, 60, 60.0, Endpoint(ip(peer[0]), peer[1]) if peer else None)
+
+
+def test_reset_and_close_cut_the_flows_of_the_mappings_they_remove(testbed: NatBed) -> None:
+    """A restarted server (reset of a table a crashed run left) and a stopping one (close)
+    remove the rules and the live flows through them; the rules are read back from nft."""
+    name = "ueconnect_pcp_flows"
+    peer_mapping = _mapping("m1", 4100, 40100, (PEER, 5100))
+    crashed = NftMappingTable(name, netns=testbed.cgn)
+    crashed.reset()
+    crashed.apply(MappingChanges(added=(peer_mapping,)))
+    listing = run_nft(["-j", "list", "table", FAMILY, name], netns=testbed.cgn)
+    assert listed_translations(listing) == [Translation.of(peer_mapping)]
+    assert testbed.reaches(testbed.peer, (PEER, 5100), (EXTERNAL, 40100),
+                           testbed.ue, (UE, 4100)) == f"{PEER}:5100"
+
+    restarted = NftMappingTable(name, netns=testbed.cgn)
+    restarted.reset()
+    try:
+        assert restarted.installed_ids() == frozenset()
+        assert testbed.reaches(testbed.peer, (PEER, 5100), (EXTERNAL, 40100),
+                               testbed.ue, (UE, 4100)) is None
+
+        map_mapping = _mapping("m1", 4101, 40101, None)
+        restarted.apply(MappingChanges(added=(map_mapping,)))
+        assert testbed.reaches(testbed.peer, (OTHER, 5101), (EXTERNAL, 40101),
+                               testbed.ue, (UE, 4101)) == f"{OTHER}:5101"
+    finally:
+        restarted.close()
+    assert name not in testbed.tables()
+    assert testbed.reaches(testbed.peer, (OTHER, 5101), (EXTERNAL, 40101),
+                           testbed.ue, (UE, 4101)) is None
+
+
+def test_missing_conntrack_is_named_with_its_debian_package(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    table = NftMappingTable("unused", runner=lambda args, stdin: "")
+    with pytest.raises(NftError, match="Debian package conntrack"):
+        table.reset()
+
+
 def test_peer_mapping_admits_only_the_peer_and_keeps_outbound_port(testbed: NatBed) -> None:
     server = testbed.popen(testbed.cgn, sys.executable, "-c", CLI, "pcp", "serve",
                            "--listen", CGN_INSIDE, "--external", EXTERNAL,
@@ -233,18 +295,29 @@ def test_peer_mapping_admits_only_the_peer_and_keeps_outbound_port(testbed: NatB
         seen = testbed.reaches(testbed.ue, (UE, 4001), (PEER, 5001), testbed.peer, (PEER, 5001))
         assert seen == f"{EXTERNAL}:{ext2}"
 
-        # 3. Deletion (lifetime 0, same nonce) removes the rules and the admission.
+        # 3. Deletion (lifetime 0, same nonce) removes the rules, the admission and the live
+        # flows: traffic crosses the mapping both ways first, so conntrack holds its bindings.
         granted3 = request("--internal-port", "4003", "--peer", f"{PEER}:5003",
                            "--lifetime", "60")
         ext3 = int(granted3["external"].rsplit(":", 1)[1])
         assert "ueconnect-pcp m3" in testbed.our_rules()
+        assert testbed.reaches(testbed.peer, (PEER, 5003), (EXTERNAL, ext3),
+                               testbed.ue, (UE, 4003)) == f"{PEER}:5003"
+        assert testbed.reaches(testbed.ue, (UE, 4003), (PEER, 5003),
+                               testbed.peer, (PEER, 5003)) == f"{EXTERNAL}:{ext3}"
+        assert testbed.flows(f"{EXTERNAL}", ext3), "the flow should be in conntrack"
         done = testbed.cli(testbed.ue, "pcp", "request", "--server", CGN_INSIDE, "--source",
                            GATEWAY, "--third-party", UE, "--internal-port", "4003", "--peer",
                            f"{PEER}:5003", "--lifetime", "0", "--nonce", granted3["nonce"])
         assert done.returncode == 0, done.stderr
         assert "ueconnect-pcp m3" not in testbed.our_rules()
+        # The next datagram of the same flow no longer arrives (without the conntrack cut it
+        # would, until the UDP timeout)...
         assert testbed.reaches(testbed.peer, (PEER, 5003), (EXTERNAL, ext3),
                                testbed.ue, (UE, 4003)) is None
+        # ...and the UE's next datagram leaves through the CGN's own NAT, not the mapped port.
+        seen = testbed.reaches(testbed.ue, (UE, 4003), (PEER, 5003), testbed.peer, (PEER, 5003))
+        assert seen is not None and seen != f"{EXTERNAL}:{ext3}"
 
         # 4. Expiry: a 2 s mapping is gone from nft after its lifetime.
         granted4 = request("--internal-port", "4004", "--peer", f"{PEER}:5004",
