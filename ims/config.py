@@ -270,19 +270,29 @@ class GatewayMode(enum.StrEnum):
     """[gateway] mode: how this operator opens its side of the data path."""
 
     RELAY = "relay"  # the userspace relay (ims.gateway.service), the embedded default
-    PCP = "pcp"  # PEER mappings on the CGN (not wired yet: runs the relay, with a warning)
+    PCP = "pcp"  # PCP mappings on the CGN (ims.gateway.pcp_gateway), the relay as fallback
     OFF = "off"  # open nothing; offers pass unchanged (ims.seams.LoggingGateway)
+
+
+PCP_SERVER_PORT = 5351  # RFC 6887 section 19.1
 
 
 @dataclass(frozen=True)
 class GatewayConfig:
     """[gateway]: the connectivity gateway. `relay_address` is the IP address the relay ports
     are bound on (what UEs and the peer operator's relay send to; None only with mode off);
-    `lifetime` the session lifetime in seconds when no Session-Expires (RFC 4028) says one."""
+    `lifetime` the session lifetime in seconds when no Session-Expires (RFC 4028) says one.
+    Mode pcp: `pcp_server` is the CGN's PCP server (port 5351 unless given), `pcp_lifetime`
+    the mapping lifetime asked of it (the PCP client renews at half of it, RFC 6887 section
+    11.2.1; a crashed operator's mappings lapse after it), `pcp_timeout` how long to wait
+    for its answer before relaying that leg instead."""
 
     mode: GatewayMode = GatewayMode.RELAY
     relay_address: str | None = None
     lifetime: int = 1800
+    pcp_server: HostPort | None = None
+    pcp_lifetime: int = 120
+    pcp_timeout: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -1172,10 +1182,51 @@ class _Validator:
                 t.required("relay_address", f"{what} (no [pcscf] here to default to)")
         # A session shorter than RFC 4028's Min-SE (90 s) is allowed: tests and demos.
         lifetime = t.number("lifetime", "whole seconds, 1 to 86400", 1800, 1, 86400, True)
+        pcp_server = self.pcp_server(t, mode)
+        pcp_lifetime = t.number("pcp_lifetime", "whole seconds, 1 to 86400", 120, 1, 86400,
+                                True)
+        pcp_timeout = t.number("pcp_timeout", "seconds, 0.05 to 60", 3.0, 0.05, 60.0)
+        if mode is not None and mode is not GatewayMode.PCP:
+            for key in ("pcp_lifetime", "pcp_timeout"):
+                if t.present(key):
+                    t.problem(key, f"applies to mode \"pcp\" only (mode is {mode.value}); "
+                              "remove it or set mode = \"pcp\"")
         t.finish()
-        if mode is None or lifetime is None or self.failed_since(mark):
+        if mode is None or lifetime is None or pcp_lifetime is None or pcp_timeout is None \
+                or self.failed_since(mark):
             return None
-        return GatewayConfig(mode, address, int(lifetime))
+        return GatewayConfig(mode, address, int(lifetime), pcp_server, int(pcp_lifetime),
+                             float(pcp_timeout))
+
+    def pcp_server(self, t: _Table, mode: GatewayMode | None) -> HostPort | None:
+        what = ("the CGN's PCP server, an IP address with an optional port, e.g. "
+                "\"198.51.100.1\" or \"198.51.100.1:5351\" or \"[2001:db8::1]:5351\"")
+        text = t.string("pcp_server", what)
+        if text is None:
+            if mode is GatewayMode.PCP and not t.present("pcp_server"):
+                t.required("pcp_server", f"{what} (mode \"pcp\" asks it for mappings)")
+            return None
+        if mode is not None and mode is not GatewayMode.PCP:
+            t.problem("pcp_server", f"applies to mode \"pcp\" only (mode is {mode.value}); "
+                      "remove it or set mode = \"pcp\"", text)
+            return None
+        hostport = _host_port(text)
+        if hostport is None:
+            address = _ip_literal(text) or _ip_literal(f"[{text}]")
+            hostport = HostPort(address, PCP_SERVER_PORT) if address is not None else None
+        if hostport is None:
+            t.problem("pcp_server", f"{_show(text)} is not an IP address with an optional port; "
+                      f"expected {what}", text)
+            return None
+        try:
+            unspecified = ipaddress.ip_address(hostport.host).is_unspecified
+        except ValueError:
+            unspecified = True
+        if unspecified:
+            t.problem("pcp_server", f"{_show(text)} is the unspecified address; expected {what}",
+                      text)
+            return None
+        return hostport
 
     def log(self, t: _Table) -> LogConfig | None:
         level = t.string("level", "one of debug, info, warning, error", default="info")

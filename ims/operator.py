@@ -16,9 +16,11 @@ the one trace file (ims.trace; role names "pcscf", "scscf", "border", and the P-
 each registered UE's column "UE <user>"); with [metrics], every stack and role feeds the
 operator's OperatorMetrics (ims.metrics), served on the configured address while it runs.
 
-With [gateway] (mode relay; pcp runs the relay too until PCP is wired), the S-CSCF's
-connectivity gateway is ims.gateway.service.RelayGateway on the configured relay address;
-`operator.gateway` is it, and `operator.gateway.open_legs()` lists what is open.
+With [gateway], the S-CSCF's connectivity gateway is ims.gateway.service.RelayGateway on the
+configured relay address (mode relay), or ims.gateway.pcp_gateway.PcpGateway asking the
+configured PCP server, that relay as its fallback (mode pcp); `operator.gateway` is it, and
+`operator.gateway.open_legs()` lists what is open. The S-CSCF holds a 2xx in its proxy core
+while the gateway completes it (Element.hold).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from ims.config import GatewayMode, OperatorConfig, Role, iter_listeners
 from ims.dns.locator import Locator
 from ims.extension import OPTION_TAG
 from ims.gateway.errors import GatewayError
+from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import MAX_SESSION_EXPIRES, RelayGateway
 from ims.metrics import (
@@ -64,7 +67,7 @@ from ims.sip.address import Address
 from ims.sip.digest import DigestServer
 from ims.sip.fixed_route_proxy import resolve_literal
 from ims.sip.message import Request, Response, make_response
-from ims.sip.proxy import Defer, Forward, ProxyConfig, ProxyCore, Router
+from ims.sip.proxy import Defer, Forward, Hold, ProxyConfig, ProxyCore, Router
 from ims.sip.stack import MessageObserver, SipStack, TuEvent
 from ims.sip.transaction import TimerSettings, TransactionLayer
 from ims.sip.transport import TransportSettings
@@ -128,6 +131,31 @@ class Element:
         if core is not None:
             self.stack.drive(lambda now: core.resume(token, decision, now))
 
+    def hold(self, response: Response, work: Awaitable[Response]) -> Hold:
+        """Hold `response` in the core (ProxyCore's Hold) until `work` gives the response to
+        forward in its place; `response` itself goes on if the work fails or overruns."""
+        self._count += 1
+        token = self._count
+        task = asyncio.get_running_loop().create_task(self._release(token, response, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return Hold(token)
+
+    async def _release(self, token: int, response: Response,
+                       work: Awaitable[Response]) -> None:
+        released = response
+        try:
+            released = await asyncio.wait_for(work, self.defer_timeout)
+        except TimeoutError:
+            logger.warning("%s %s: the gateway took too long with a %d: forwarded unchanged",
+                           ROLE_NAMES[self.role], self.uri, response.status_code)
+        except Exception:  # a gateway's bug must not keep the response from the caller
+            logger.exception("%s %s: completing a response failed", ROLE_NAMES[self.role],
+                             self.uri)
+        core = self.core
+        if core is not None:
+            self.stack.drive(lambda now: core.release_response(token, released, now))
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -170,8 +198,8 @@ class Operator:
         self.recorders: dict[Role, TraceRecorder] = {}  # [trace]: one per role, one file
         # [permission]: the permission function beside the S-CSCF (docs/extension.md 5).
         self.permission: PermissionService | None = None
-        # [gateway]: the relaying connectivity gateway, when this process built it.
-        self.gateway: RelayGateway | None = None
+        # [gateway]: the connectivity gateway, when this process built it.
+        self.gateway: RelayGateway | PcpGateway | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -203,7 +231,7 @@ class Operator:
         chosen = tuple(roles) if roles is not None else config.roles
         try:
             if gateway is None and Role.SCSCF in chosen:
-                gateway = operator._gateway()
+                gateway = await operator._gateway()
             await operator._build(
                 chosen,
                 timers=timers,
@@ -253,15 +281,12 @@ class Operator:
             self.metrics_server.close()
             self.metrics_server = None
 
-    def _gateway(self) -> RelayGateway | None:
+    async def _gateway(self) -> RelayGateway | PcpGateway | None:
         """The configured gateway ([gateway]); None: the logging default."""
         section = self.config.gateway
         if section is None or section.mode is GatewayMode.OFF:
             return None
         assert section.relay_address is not None  # the validator's promise for relay, pcp
-        if section.mode is GatewayMode.PCP:
-            logger.warning("operator %s: [gateway] mode pcp is not wired yet: relaying instead",
-                           self.config.operator.name)
         try:
             relay = RelayConfig(section.relay_address, default_lifetime=section.lifetime,
                                 max_lifetime=max(section.lifetime, MAX_SESSION_EXPIRES))
@@ -277,8 +302,21 @@ class Operator:
                     f"{self.config.source}: [gateway] relay_address {relay.relay_address}: "
                     f"cannot bind a UDP port there ({exc.strerror or exc})"
                 ) from None
-        self.gateway = RelayGateway.start(relay, lifetime=section.lifetime,
-                                          name=self.config.operator.name)
+        name = self.config.operator.name
+        if section.mode is GatewayMode.PCP:
+            assert section.pcp_server is not None  # the validator's promise for pcp
+            try:
+                pcp = PcpGatewayConfig(section.pcp_server.host, section.pcp_server.port,
+                                       section.pcp_lifetime, section.pcp_timeout)
+                self.gateway = await PcpGateway.start(
+                    pcp, relay, lifetime=section.lifetime, name=name,
+                    registry=self.metrics.registry if self.metrics is not None else None)
+            except GatewayError as exc:
+                raise OperatorError(f"{self.config.source}: [gateway] {exc}") from exc
+            logger.info("operator %s: gateway asks the PCP server %s, relaying on %s when it "
+                        "cannot map", name, section.pcp_server, relay.relay_address)
+            return self.gateway
+        self.gateway = RelayGateway.start(relay, lifetime=section.lifetime, name=name)
         return self.gateway
 
     # -- observability -----------------------------------------------------------------------
@@ -404,6 +442,7 @@ class Operator:
                         permission=self.permission or permission or LoggingPermission(),
                         gateway=gateway, defer=element.defer, clock=clock,
                         metrics=self.metrics, permission_endpoint=self.permission,
+                        hold=element.hold,
                     )
                     await self._listen(element, None)
             elif role is Role.BORDER:

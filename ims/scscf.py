@@ -16,6 +16,8 @@ A request with `Require: ueconnect` goes through the permission function (termin
 and the connectivity gateway (each leg) first (ims.seams), asynchronously. A SessionGateway
 also sees the 2xx of such an INVITE, its in-dialog requests (refresh), and is told to release
 on the BYE, when every branch failed, or when the request was refused after it prepared.
+When completing the 2xx needs the network (PCP), the 2xx is held in the proxy core
+(ims.sip.proxy.Hold, through `hold`) until the gateway is done.
 
 With `metrics`, a session starts at the first 2xx to an initial INVITE this S-CSCF routed
 and ends at the dialog's BYE (the S-CSCF Record-Routes, so the BYE passes here). Sessions
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 
 from ims.border import DeferWork
@@ -49,11 +51,18 @@ from ims.seams import (
 from ims.sip.address import Address
 from ims.sip.errors import ParseError
 from ims.sip.message import Request, Response, make_response
-from ims.sip.proxy import Defer, Forward, Target
+from ims.sip.proxy import Defer, Forward, Hold, Target
 from ims.sip.uri import SipUri, parse_uri
 from ims.store import Store, Subscriber
 
-__all__ = ["END_TO_END_TAGS", "MAX_TRACKED_SESSIONS", "ORIG_USER", "Scscf", "service_route"]
+__all__ = [
+    "END_TO_END_TAGS",
+    "MAX_TRACKED_SESSIONS",
+    "ORIG_USER",
+    "HoldWork",
+    "Scscf",
+    "service_route",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +78,10 @@ END_TO_END_TAGS = frozenset(
 
 MAX_TRACKED_SESSIONS = 100_000
 """Bound on the sessions the S-CSCF remembers for the sessions gauge."""
+
+HoldWork = Callable[[Response, Awaitable[Response]], Hold]
+"""Hold `response` in the proxy core until the awaitable gives the response to forward in its
+place (ims.operator.Element.hold); the response as given goes on if the work fails."""
 
 
 def service_route(uri: SipUri) -> str:
@@ -94,6 +107,7 @@ class Scscf:
         clock: Callable[[], float],
         metrics: OperatorMetrics | None = None,
         permission_endpoint: PermissionEndpoint | None = None,
+        hold: HoldWork | None = None,
     ) -> None:
         self.uri = uri
         self.permission_endpoint = permission_endpoint
@@ -105,6 +119,7 @@ class Scscf:
         self.permission = permission
         self.gateway = gateway
         self.defer = defer
+        self.hold = hold
         self.clock = clock
         self.metrics = metrics
         self.sessions: OrderedDict[str, None] = OrderedDict()  # Call-IDs of live sessions
@@ -220,8 +235,8 @@ class Scscf:
 
     # -- sessions (metrics) -----------------------------------------------------------------
 
-    def _session_watch(self, request: Request,
-                       prepared_branches: int = 0) -> Callable[[Response], Response] | None:
+    def _session_watch(self, request: Request, prepared_branches: int = 0
+                       ) -> Callable[[Response], Response | Hold] | None:
         """What watches the responses of a forwarded INVITE: the metrics, and the gateway
         when it prepared the INVITE (`prepared_branches`: how many branches it was forked to)."""
         if request.method != "INVITE":
@@ -235,12 +250,17 @@ class Scscf:
         failed = 0
         answered = False
 
-        def watch(response: Response) -> Response:
+        def watch(response: Response) -> Response | Hold:
             nonlocal failed, answered
             code = response.status_code
             if 200 <= code < 300:
                 answered = True
-                response = gateway.complete(call_id, response)
+                completed = gateway.complete(call_id, response)
+                if not isinstance(completed, Response):
+                    if metrics is not None:
+                        metrics(response)  # the session starts with the 2xx, held or not
+                    return self._hold_for(call_id, response, completed)
+                response = completed
             elif code >= 300 and not answered:
                 # Release once no branch can still answer (a CANCEL ends each as 487).
                 failed += 1
@@ -249,6 +269,18 @@ class Scscf:
             return metrics(response) if metrics is not None else response
 
         return watch
+
+    def _hold_for(self, call_id: str, response: Response,
+                  work: Awaitable[Response]) -> Response | Hold:
+        """The 2xx waits in the proxy core while the gateway completes its answer."""
+        if self.hold is None:
+            if asyncio.iscoroutine(work):
+                work.close()
+            logger.warning("S-CSCF %s: the gateway needs to wait for the 2xx of Call-ID %s "
+                           "but this S-CSCF cannot hold responses: forwarded unchanged",
+                           self.uri, call_id)
+            return response
+        return self.hold(response, work)
 
     def _on_invite_response(self, call_id: str, response: Response) -> Response:
         # Every 2xx of the INVITE passes here (RFC 3261 section 16.7 item 5), retransmissions

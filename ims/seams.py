@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -111,9 +112,13 @@ class SessionGateway(ConnectivityGateway, Protocol):
     failed on every branch, when the request was refused after `prepare`, and on the BYE.
     A plain ConnectivityGateway (LoggingGateway) is only asked to `prepare`."""
 
-    def complete(self, call_id: str, response: Response) -> Response:
+    def complete(self, call_id: str, response: Response) -> Response | Awaitable[Response]:
         """A 2xx to an INVITE this gateway prepared (retransmissions included): the response
-        to forward, its answer possibly rewritten."""
+        to forward, its answer possibly rewritten. When that needs the network (a PCP round
+        trip) it returns an awaitable of that response instead, and the S-CSCF holds the 2xx
+        meanwhile (ims.sip.proxy.Hold); a retransmission of an answer already completed gets
+        the same rewrite at once. The awaitable never raises: a gateway that cannot help
+        returns the response it was given."""
         ...
 
     async def refresh(self, request: Request) -> None:

@@ -50,7 +50,7 @@ class _RelayPort(asyncio.DatagramProtocol):
         service = self.service
         destination = service.table.receive(
             self.allocation_id, self.side, (str(addr[0]), addr[1]), len(data),
-            service.loop.time(),
+            service.loop.time(), data,
         )
         if destination is not None and self.out is not None:
             self.out.sendto(data, destination)

@@ -18,6 +18,14 @@ happens once: a later datagram from another port of the same address is dropped,
 an on-path host from stealing the stream (the hijack of RFC 7362 section 5). Until it latches,
 datagrams for that peer go to the port its SDP named.
 
+Behind a CGN even the address differs from the SDP's (100.64.0.2 in SDP, the CGN's public
+address on the wire). A peer given with `ice_username` latches on its ICE connectivity check
+instead: the port admits nothing until a STUN Binding request (RFC 8489 section 5) whose
+USERNAME is that value, "RFRAG:LFRAG" of RFC 8445 section 7.2.2, and, with `ice_password`,
+whose MESSAGE-INTEGRITY verifies under that password (the short-term credential of RFC 8489
+section 9.1: only the two UEs and the operators that carried their SDP know it); that request's
+source address and port are then the peer's, once and for all. The request itself is relayed.
+
 The table knows no sockets and no clock: the driver (ims.gateway.aiorelay) binds the ports,
 passes every datagram's (allocation, side, source, size, now) to `receive`, sends where it
 says, and calls `expire(now)` when `get_timer()` says so. Allocations end when released or
@@ -27,8 +35,11 @@ session's signalling does (as a TURN allocation needs a Refresh, RFC 8656 sectio
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import math
+import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,6 +53,7 @@ __all__ = [
     "RelayConfig",
     "RelayTable",
     "Side",
+    "is_binding_request",
     "normalise_address",
 ]
 
@@ -111,15 +123,26 @@ class RelayConfig:
 @dataclass(frozen=True)
 class PermittedPeer:
     """The one endpoint a relay port admits, from SDP; `latch`: admit any port of `address`
-    until the first datagram, then only that one (see the module text, RFC 7362)."""
+    until the first datagram, then only that one (see the module text, RFC 7362);
+    `ice_username` (and `ice_password`): admit nothing until an ICE check carrying it, then
+    only its source (RFC 8445 section 7.2.2)."""
 
     address: str
     port: int
     latch: bool = False
+    ice_username: str | None = None
+    ice_password: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "address", normalise_address(self.address))
         _check_port(self.port, "peer")
+        if self.ice_username is not None and (not self.ice_username.isascii()
+                                              or ":" not in self.ice_username):
+            raise GatewayUsageError(
+                f"ice_username {self.ice_username!r} is not RFRAG:LFRAG (RFC 8445 7.2.2)"
+            )
+        if self.ice_password is not None and self.ice_username is None:
+            raise GatewayUsageError("ice_password without ice_username latches nothing")
 
     @classmethod
     def of(cls, endpoint: Address | PermittedPeer) -> PermittedPeer:
@@ -162,18 +185,72 @@ class RelayAllocation:
         return self.caller_side if side is Side.CALLER else self.callee_side
 
 
+# RFC 8489 section 5: the magic cookie, the Binding method's request type, and section 14's
+# attribute types the latch reads.
+STUN_MAGIC_COOKIE = 0x2112A442
+_BINDING_REQUEST = 0x0001
+_USERNAME = 0x0006
+_MESSAGE_INTEGRITY = 0x0008
+_STUN_HEADER = struct.Struct("!HHI")
+
+
+def is_binding_request(datagram: bytes, username: bytes, key: bytes | None = None) -> bool:
+    """Whether `datagram` is a STUN Binding request (RFC 8489 section 5) whose USERNAME is
+    `username` and, with `key`, whose MESSAGE-INTEGRITY (section 14.5: HMAC-SHA1 over the
+    message up to the attribute, the header's length counting through it) verifies."""
+    if len(datagram) < 20:
+        return False
+    kind, length, cookie = _STUN_HEADER.unpack_from(datagram)
+    if (kind != _BINDING_REQUEST or cookie != STUN_MAGIC_COOKIE or length % 4
+            or len(datagram) != 20 + length):
+        return False
+    offset = 20
+    named = False
+    while offset + 4 <= len(datagram):
+        attribute, size = struct.unpack_from("!HH", datagram, offset)
+        value = datagram[offset + 4:offset + 4 + size]
+        if len(value) != size:
+            return False
+        if attribute == _USERNAME:
+            named = value == username
+            if not named:
+                return False
+        elif attribute == _MESSAGE_INTEGRITY:
+            if key is None:
+                return named
+            if size != 20:
+                return False
+            signed = bytearray(datagram[:offset])
+            struct.pack_into("!H", signed, 2, offset + 24 - 20)
+            expected = hmac.new(key, bytes(signed), hashlib.sha1).digest()
+            return named and hmac.compare_digest(expected, value)
+        offset += 4 + size + (-size % 4)
+    return named and key is None
+
+
 class _Peer:
     """A permitted peer's live state: where it is (latched or not)."""
 
-    __slots__ = ("address", "latch_pending", "latched", "port")
+    __slots__ = ("address", "ice_key", "ice_username", "latch_pending", "latched", "port")
 
     def __init__(self, permitted: PermittedPeer) -> None:
         self.address = permitted.address
         self.port = permitted.port
         self.latch_pending = permitted.latch
         self.latched = False
+        self.ice_username = (permitted.ice_username.encode()
+                             if permitted.ice_username is not None else None)
+        self.ice_key = (permitted.ice_password.encode()
+                        if permitted.ice_password is not None else None)
 
-    def admits(self, source: Address) -> bool:
+    def admits(self, source: Address, datagram: bytes) -> bool:
+        if self.ice_username is not None:
+            # Until the UE's ICE check arrives nothing is admitted, from anywhere.
+            if not is_binding_request(datagram, self.ice_username, self.ice_key):
+                return False
+            self.ice_username = self.ice_key = None
+            self.address = source[0]
+            return self._latch(source)
         if source[1] == self.port and source[0] == self.address:
             return not self.latch_pending or self._latch(source)
         if self.latch_pending and source[0] == self.address:
@@ -332,23 +409,24 @@ class RelayTable:
         return tuple(a.view() for a in ended)
 
     def receive(self, allocation_id: int, side: Side, source: Address, size: int,
-                now: float) -> Address | None:
+                now: float, datagram: bytes = b"") -> Address | None:
         """A datagram of `size` bytes from `source` reached the `side` relay port of the
         allocation: where to send it from the other side's port, or None to drop it (an
-        unpermitted source, counted; or an allocation that is gone or expired)."""
+        unpermitted source, counted; or an allocation that is gone or expired). `datagram`
+        is read only by a peer latching on an ICE check."""
         allocation = self._allocations.get(allocation_id)
         if allocation is None or now >= allocation.expires_at:
             return None
         counts = allocation.counts
         if side is Side.CALLER:
-            if not allocation.caller.admits(source):
+            if not allocation.caller.admits(source, datagram):
                 counts[4] += 1
                 return None
             counts[0] += 1
             counts[1] += size
             peer = allocation.callee
         else:
-            if not allocation.callee.admits(source):
+            if not allocation.callee.admits(source, datagram):
                 counts[5] += 1
                 return None
             counts[2] += 1

@@ -27,6 +27,14 @@ The UEs' own candidates are kept (docs/extension.md section 8); the relay candid
 raddr/rport are the unspecified address and the discard port, so the far side learns nothing
 of the path behind the relay (topology hiding, as the border hides Vias).
 
+Latching. A UE behind a CGN writes its private address in SDP (RFC 6598 or RFC 1918 space,
+100.64.0.2 in the testbed) and its datagrams reach the relay from the CGN's public side. A
+relay port whose peer's SDP address is such an address admits nothing until that UE's first
+ICE connectivity check, a STUN Binding request with the USERNAME "RFRAG:LFRAG" of RFC 8445
+section 7.2.2 made of the two ufrags of the offer and the answer and signed with the far
+side's ice-pwd, then only its source (ims.gateway.relay). Any other peer (loopback in the
+embedded default, a public address) is admitted exactly as SDP names it.
+
 Release: the S-CSCF calls `release` on the BYE, on a final non-2xx for every branch of the
 INVITE (a CANCEL ends as 487), and when the request is refused after `prepare`; the relay
 ends what is left at expiry. The lifetime is the session's: RFC 4028 Session-Expires of the
@@ -37,6 +45,7 @@ restarts it, as a session refresh does (RFC 4028 section 10).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,6 +63,7 @@ from ims.gateway.relay import (
 from ims.sdp import (
     Candidate,
     CandidateType,
+    IceCredentials,
     SdpError,
     SdpProtocolError,
     SessionDescription,
@@ -73,6 +83,8 @@ __all__ = [
     "MAX_SESSION_EXPIRES",
     "OpenLeg",
     "RelayGateway",
+    "behind_nat",
+    "sdp_description",
     "session_expires",
 ]
 
@@ -81,6 +93,22 @@ logger = logging.getLogger(__name__)
 SDP_TYPE = "application/sdp"
 DISCARD_PORT = 9  # raddr/rport of our relay candidates: nothing behind the relay is shown
 MAX_SESSION_EXPIRES = 86_400  # bound on a Session-Expires we honour (one day)
+
+
+# Address space a UE behind a CGN is numbered from: RFC 1918 private, RFC 6598 shared (the
+# CGN's own), RFC 4193 unique local for IPv6.
+_BEHIND_NAT = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+
+
+def behind_nat(address: str) -> bool:
+    """Whether an SDP address is one a CGN translates (so the relay latches on the UE's ICE
+    check rather than trusting the address); False for loopback, public addresses and names."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    return any(ip.version == net.version and ip in net for net in _BEHIND_NAT)
 
 
 def session_expires(message: Request | Response) -> int | None:
@@ -138,10 +166,10 @@ class _AnsweringTable(RelayTable):
         return allocation
 
     def receive(self, allocation_id: int, side: Side, source: Address, size: int,
-                now: float) -> Address | None:
+                now: float, datagram: bytes = b"") -> Address | None:
         if allocation_id in self.awaiting:
             return None
-        return super().receive(allocation_id, side, source, size, now)
+        return super().receive(allocation_id, side, source, size, now, datagram)
 
     def release(self, allocation_id: int) -> RelayAllocation:
         self.awaiting.discard(allocation_id)
@@ -171,6 +199,8 @@ class _LegState:
     callee: str
     allocation_id: int
     lifetime: float
+    caller_peer: PermittedPeer  # the offer's default, as this leg saw it
+    caller_credentials: IceCredentials | None  # the offer's ice-ufrag/ice-pwd (the caller's)
     answer_candidate: Candidate | None = None  # what `complete` adds, once known
 
 
@@ -214,10 +244,14 @@ class RelayGateway:
 
     # -- the seam ------------------------------------------------------------------------------
 
-    async def prepare(self, request: ConnectRequest) -> Request | Refusal:
+    async def prepare(self, request: ConnectRequest, *,
+                      make_default: bool = True) -> Request | Refusal:
+        """Allocate the leg's relay and add its callee side port to the offer, as the default
+        unless `make_default` is False (a stand-by the PCP gateway keeps in case the CGN
+        refuses its mapping at the answer)."""
         self._forget_expired()
         invite = request.request
-        offer = _description(invite)
+        offer = sdp_description(invite)
         if isinstance(offer, Refusal):
             return offer
         if offer is None:
@@ -226,7 +260,8 @@ class RelayGateway:
             return invite
         try:
             index = application_stream_index(offer)
-            default = stream_endpoints(offer, index).default
+            stream = stream_endpoints(offer, index)
+            default = stream.default
             caller_peer = PermittedPeer(default.address, default.port)
         except (SdpError, GatewayError) as exc:
             return Refusal(488, f"Not Acceptable Here (offer unusable for the relay: {exc})")
@@ -240,11 +275,12 @@ class RelayGateway:
             return Refusal(503, "Service Unavailable (no relay port free)")
         self.table.awaiting.add(allocation.id)
         self.allocations_made += 1
-        self._calls.setdefault(request.call_id, []).append(
-            _LegState(request.leg, request.caller, request.callee, allocation.id, lifetime)
-        )
+        self._calls.setdefault(request.call_id, []).append(_LegState(
+            request.leg, request.caller, request.callee, allocation.id, lifetime, caller_peer,
+            stream.credentials,
+        ))
         candidate = self._candidate(allocation.callee_side)
-        rewritten = add_candidate(offer, candidate, media_index=index, make_default=True)
+        rewritten = add_candidate(offer, candidate, media_index=index, make_default=make_default)
         logger.info("gateway %s: Call-ID %s %s leg: relay %s for the caller's %s, offering %s",
                     self.name, request.call_id, request.leg, allocation.id,
                     _show((caller_peer.address, caller_peer.port)), _show(allocation.callee_side))
@@ -258,7 +294,7 @@ class RelayGateway:
         legs = self._calls.get(call_id)
         if not legs or not 200 <= response.status_code < 300:
             return response
-        answer = _description(response)
+        answer = sdp_description(response)
         if answer is None or isinstance(answer, Refusal):
             logger.warning("gateway %s: the 2xx of Call-ID %s carries no readable SDP answer: "
                            "the relay stays closed", self.name, call_id)
@@ -268,10 +304,16 @@ class RelayGateway:
             index = application_stream_index(answer)
             for state in sorted(legs, key=lambda s: s.leg is not Leg.TERMINATING):
                 if state.answer_candidate is None:
-                    default = stream_endpoints(answer, index).default
-                    self.table.permit_callee(
-                        state.allocation_id, PermittedPeer(default.address, default.port)
-                    )
+                    stream = stream_endpoints(answer, index)
+                    default = stream.default
+                    ours, theirs = state.caller_credentials, stream.credentials
+                    if behind_nat(state.caller_peer.address):
+                        # The caller's checks name the callee's ufrag first, signed with the
+                        # callee's password (RFC 8445 section 7.2.2).
+                        self.table.permit(state.allocation_id, Side.CALLER, _latching(
+                            state.caller_peer.address, state.caller_peer.port, theirs, ours))
+                    self.table.permit_callee(state.allocation_id, _latching(
+                        default.address, default.port, ours, theirs))
                     if lifetime is not None:
                         state.lifetime = float(lifetime)
                     self.table.refresh(state.allocation_id, self.relay.loop.time(),
@@ -303,10 +345,29 @@ class RelayGateway:
 
     async def release(self, call_id: str) -> None:
         for state in self._calls.pop(call_id, ()):
-            with contextlib.suppress(UnknownAllocation):
-                allocation = await self.relay.release(state.allocation_id)
-                logger.info("gateway %s: Call-ID %s %s leg released: %s", self.name, call_id,
-                            state.leg, allocation.counters)
+            await self._release(call_id, state)
+
+    async def release_leg(self, call_id: str, leg: Leg) -> bool:
+        """Release one leg of the call (the PCP gateway's stand-by once its mapping stands);
+        False when this gateway relays no such leg."""
+        legs = self._calls.get(call_id, [])
+        mine = [s for s in legs if s.leg is leg]
+        for state in mine:
+            legs.remove(state)
+            await self._release(call_id, state)
+        if not legs:
+            self._calls.pop(call_id, None)
+        return bool(mine)
+
+    def relays(self, call_id: str, leg: Leg | None = None) -> bool:
+        """Whether the call (that leg of it) holds a relay allocation here."""
+        return any(leg is None or s.leg is leg for s in self._calls.get(call_id, ()))
+
+    async def _release(self, call_id: str, state: _LegState) -> None:
+        with contextlib.suppress(UnknownAllocation):
+            allocation = await self.relay.release(state.allocation_id)
+            logger.info("gateway %s: Call-ID %s %s leg released: %s", self.name, call_id,
+                        state.leg, allocation.counters)
 
     # -- the listing ---------------------------------------------------------------------------
 
@@ -348,7 +409,22 @@ class RelayGateway:
             del self._calls[call_id]
 
 
-def _description(message: Request | Response) -> SessionDescription | Refusal | None:
+def _latching(address: str, port: int, far: IceCredentials | None,
+              near: IceCredentials | None) -> PermittedPeer:
+    """The peer a relay port admits: exactly `address`:`port`, or, for a UE behind a CGN,
+    whoever first sends the ICE check "<far ufrag>:<near ufrag>" signed with the far side's
+    password (RFC 8445 section 7.2.2); without ICE credentials, RFC 7362's address latch."""
+    if not behind_nat(address):
+        return PermittedPeer(address, port)
+    if far is None or near is None:
+        logger.info("relay peer %s:%s is behind a NAT but without ICE: latching on its address",
+                    address, port)
+        return PermittedPeer(address, port, latch=True)
+    return PermittedPeer(address, port, ice_username=f"{far.ufrag}:{near.ufrag}",
+                         ice_password=far.pwd)
+
+
+def sdp_description(message: Request | Response) -> SessionDescription | Refusal | None:
     """The message's SDP (None: no SDP body); a Refusal (400/488) when it cannot be read."""
     content_type = (message.headers.get("Content-Type") or "").partition(";")[0].strip()
     if not message.body or content_type.lower() != SDP_TYPE:

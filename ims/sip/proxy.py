@@ -9,7 +9,9 @@ The driver feeds every TU event of the layer to `ProxyCore.handle_event(event, n
 own timer (`get_timer` / `handle_timer`: Timer C and the CANCEL guard) beside the layer's. The
 proxy acts only through the layer, so everything it sends appears as the layer's SendMessage
 events. Hostnames are resolved by the caller's `Resolver`; message syntax is checked by the
-layer on receipt (ims.sip.checks, 16.3 item 1).
+layer on receipt (ims.sip.checks, 16.3 item 1). A role that needs an asynchronous step before
+routing returns `Defer` (then `resume`); one that needs it before a response goes upstream
+returns `Hold` from its rewrite (then `release_response`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from ims.sip.uri import SipUri, TelUri, Uri
 __all__ = [
     "Defer",
     "Forward",
+    "Hold",
     "ProxyConfig",
     "ProxyCore",
     "Resolver",
@@ -126,9 +129,23 @@ class Target:
     route: tuple[str, ...] | None = None
 
 
-ResponseRewrite = Callable[[Response], Response]
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A response rewrite needs an asynchronous step (e.g. a PCP round trip) before the
+    response may go upstream: the core holds it until the role calls
+    `ProxyCore.release_response(token, response, now)`, which carries on exactly as if the
+    rewrite had returned `response`. `token` is the role's, unique among held responses.
+    While a branch holds a response, its further final responses (retransmissions of a 2xx,
+    RFC 3261 section 13.3.1.4) are absorbed; the UAS keeps retransmitting until the ACK, so
+    a later one goes up once the hold is released."""
+
+    token: object
+
+
+ResponseRewrite = Callable[[Response], Response | Hold]
 """A role's edit of each response of a branch before it goes upstream (e.g. a border folding
-internal Record-Route entries, a P-CSCF learning Service-Route); may raise ProtocolError."""
+internal Record-Route entries, a P-CSCF learning Service-Route); may raise ProtocolError, or
+return a `Hold` to finish the edit later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +236,7 @@ class _Branch:
     cancel_sent: bool = False
     cancel_reason: str | None = None  # RFC 3326 Reason for the CANCEL, when one is due
     hide_vias: bool = False  # only our Via went downstream: rebuild upstream Vias
+    held: int = 0  # final responses of this branch the role holds (Hold), not yet released
     give_up_status: int = 408  # the response assumed if the branch never answers (16.8)
     timer: int | None = None  # token of the Timer C / CANCEL guard heap entry
 
@@ -239,6 +257,7 @@ class _Context:
     failover: tuple[Forward, Request, str] | None = None
     relay_503: bool = False
     untried: list[Target] = field(default_factory=list)
+    holding: int = 0  # held responses of its branches: no best response is chosen meanwhile
 
     @property
     def is_invite(self) -> bool:
@@ -271,6 +290,8 @@ class ProxyCore:
         self._token = 0
         # Requests whose routing the role deferred: token -> (context, routed, loop hash).
         self._deferred: dict[object, tuple[_Context, Request, str]] = {}
+        # Responses a rewrite holds (Hold): token -> the branch it came on, whether final.
+        self._held: dict[object, tuple[_Branch, bool]] = {}
 
     # -- driver interface --
 
@@ -364,6 +385,26 @@ class ProxyCore:
     def deferred(self) -> int:
         """How many requests wait for `resume`."""
         return len(self._deferred)
+
+    def release_response(self, token: object, response: Response, now: float) -> bool:
+        """The response a rewrite held (`Hold(token)`), as rewritten: forwarding carries on as
+        if the rewrite had returned it (16.7 items 5 to 10). False when the token is unknown
+        (released already)."""
+        entry = self._held.pop(token, None)
+        if entry is None:
+            return False
+        branch, final = entry
+        if final:
+            branch.held -= 1
+        branch.context.holding -= 1
+        self._forward_response(branch, response, now)
+        self._maybe_finish(branch.context, now)  # other branches may have ended meanwhile
+        return True
+
+    @property
+    def held(self) -> int:
+        """How many responses wait for `release_response`."""
+        return len(self._held)
 
     def _decided(
         self,
@@ -511,10 +552,31 @@ class ProxyCore:
             if key is None:
                 self._forward_stray(response)
             return  # a response to our CANCEL, or to a branch given up on
-        context = branch.context
+        if branch.held and response.status_code >= 200:
+            return  # a retransmission of the final response held (Hold): absorbed
         upstream = self._upstream(branch, response)
         if upstream is None:
             return
+        if isinstance(upstream, Hold):
+            self._hold(branch, upstream.token, response.status_code)
+            return
+        self._forward_response(branch, upstream, now)
+
+    def _hold(self, branch: _Branch, token: object, status: int) -> None:
+        if token in self._held:
+            raise LocalProtocolError(f"hold token {token!r} is in use")
+        final = status >= 200
+        self._held[token] = (branch, final)
+        branch.context.holding += 1
+        if final:
+            branch.held += 1
+            # The branch has its final response: Timer C and a CANCEL no longer apply.
+            branch.final = True
+            branch.timer = None
+
+    def _forward_response(self, branch: _Branch, upstream: Response, now: float) -> None:
+        """Items 5 to 10 for a response after our Via and the role's rewrite."""
+        context = branch.context
         code = upstream.status_code
         if code < 200:
             branch.provisional = True
@@ -545,9 +607,9 @@ class ProxyCore:
             self._cancel_pending(context, now, None)  # item 5 (6xx)
         self._maybe_finish(context, now)
 
-    def _upstream(self, branch: _Branch, response: Response) -> Response | None:
-        """Item 3 (our Via removed), then the role's rewrite. A response the rewrite cannot
-        read becomes a 502 (final) or is dropped (provisional)."""
+    def _upstream(self, branch: _Branch, response: Response) -> Response | Hold | None:
+        """Item 3 (our Via removed), then the role's rewrite (which may hold the response).
+        A response the rewrite cannot read becomes a 502 (final) or is dropped (provisional)."""
         context = branch.context
         headers = response.headers.without_first("Via")
         if branch.hide_vias:
@@ -564,7 +626,7 @@ class ProxyCore:
 
     def _maybe_finish(self, context: _Context, now: float) -> None:
         """Item 6: with no branch pending, send the best response of the context."""
-        if context.final_sent or context.pending():
+        if context.final_sent or context.holding or context.pending():
             return
         if context.failover is not None and self._fail_over(context, now):
             return
