@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import re
+import select
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ims.cli import demo
+from ims.embedded import DemoSubscriber, EmbeddedWorld
+from ims.permission.outcomes import Decision
+
 ROOT = Path(__file__).resolve().parents[1]
+
+GAME_LINE = re.compile(
+    r"Bill -> Dave (\d+) sent / (\d+) received, Dave -> Bill (\d+) sent / (\d+) received"
+)
 
 
 def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
@@ -22,8 +37,19 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" ok ") == 8, result.stdout
     assert "forwards tel:+15550100002 at MNO 001-02" in result.stdout
-    assert "100 datagrams each way" in result.stdout and "every relay leg and socket released" in result.stdout
+    # The game: Bill's UE hosts pong, headless and faster than real time, and says so.
+    assert "play pong over the connection" in result.stdout
+    assert "200 ticks at 30 ticks/s, run 10x faster than real time (headless)" in result.stdout
+    counts = GAME_LINE.search(result.stdout)
+    assert counts is not None, result.stdout
+    assert all(int(n) >= 100 for n in counts.groups())
+    assert re.search(r"RTT per datagram \(\d+ samples.*p50 [\d.]+ ms, p95 [\d.]+ ms",
+                     result.stdout)  # fmt: skip
+    assert re.search(r"Bill \d+ : \d+ Dave after 200 ticks", result.stdout)
+    assert "every relay leg and socket released" in result.stdout
     assert "FAIL" not in result.stdout
+    # Each step prints the time since the start and its own duration.
+    assert len(re.findall(r"\[ *[\d.]+ ms\] ok   .* \([\d.]+ ms\)", result.stdout)) == 8
     # Both operators' roles on the ladder, and the HTML copy of it.
     for column in ("Alpha P-CSCF", "Alpha Border", "Beta Border", "Beta P-CSCF"):
         assert column in result.stdout
@@ -133,7 +159,8 @@ def test_demo_relay_scenario_says_the_relay_is_the_path(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the relay IS the path" in result.stdout
-    assert "100 datagrams each way" in result.stdout
+    counts = GAME_LINE.search(result.stdout)
+    assert counts is not None and all(int(n) >= 100 for n in counts.groups()), result.stdout
 
 
 def test_demo_unassisted_without_testbed_exits_2_saying_why(tmp_path: Path) -> None:
@@ -185,3 +212,129 @@ def test_demo_serve_prints_the_credentials_and_stops_on_sigint(tmp_path: Path) -
         if process.poll() is None:
             process.kill()
             process.wait(timeout=5)
+
+
+# -- a failure names the step, the operator element and the SIP response (issue 7 item 5) ------
+
+
+def _run_in_process(tmp_path: Path, scenario: demo.Scenario) -> int:
+    return asyncio.run(demo._scenario(tmp_path / "out", scenario, as_json=False))
+
+
+def test_a_refused_connect_names_the_step_the_element_and_the_response(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Dave's app denies while the scenario expects a game: the connect step must fail.
+    broken = demo.Scenario("play", "Bill", "Dave", Decision.DENY, "Dave denies, play expected")
+    assert _run_in_process(tmp_path, broken) == 1
+    out, err = capsys.readouterr()
+    fail = re.search(r"\[ *[\d.]+ ms\] FAIL (.*) \([\d.]+ ms\)\n +(.*)", out)
+    assert fail is not None, out
+    step, why = fail.groups()
+    assert step == "Bill asks Alpha to connect them to Dave; Beta asks Dave for consent"
+    # docs/extension.md section 7: the permission function (in Beta's S-CSCF) refuses, 603.
+    assert why.startswith("Beta S-CSCF answered 603 Decline (denied by the callee)"), why
+    assert "cause=2" in why
+    assert "skip Bill and Dave play pong" in out and "skip Bill ends the session" in out
+    assert f'step "{step}" failed: Beta S-CSCF answered 603' in err
+
+
+def test_a_failed_registration_names_the_registrar_and_its_response(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provisioned = EmbeddedWorld.subscriber
+
+    def wrong_password(world: EmbeddedWorld, name: str) -> DemoSubscriber:
+        sub = provisioned(world, name)
+        return replace(sub, password="not-" + sub.password) if name == "Dave" else sub
+
+    monkeypatch.setattr(EmbeddedWorld, "subscriber", wrong_password)
+    assert _run_in_process(tmp_path, demo.SCENARIOS["play"]) == 1
+    out, err = capsys.readouterr()
+    assert "ok   Bill registers at Alpha (digest)" in out
+    fail = re.search(r"FAIL Dave registers at Beta \(digest\) \([\d.]+ ms\)\n +(.*)", out)
+    assert fail is not None, out
+    assert re.match(r"Beta S-CSCF answered the REGISTER with 403 ", fail.group(1)), fail.group(1)
+    assert 'step "Dave registers at Beta (digest)" failed' in err
+
+
+# -- --play ---------------------------------------------------------------------------------
+
+
+def test_play_without_a_terminal_exits_2_saying_why(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ims", "demo", "--out", str(tmp_path / "out"), "--play"],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--play needs a terminal, and stdout is not a TTY" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--json"], "--play and --json do not go together"),
+     (["--serve"], "--play and --serve do not go together"),
+     (["--scenario", "deny"], "in deny nothing is played")],
+)  # fmt: skip
+def test_play_refuses_options_it_cannot_honour(
+    tmp_path: Path, options: list[str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ims", "demo", "--out", str(tmp_path / "out"), "--play",
+         *options],
+        cwd=ROOT, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_play_keys_are_w_s_the_arrows_and_q() -> None:
+    assert demo._keys(b"w\x1b[As\x1b[B\x1bOA\x1bOB q") == [
+        "up", "up", "down", "down", "up", "down", "stop", "quit"]
+    assert demo._keys(b"xyz\x1b[C") == []  # other keys and arrows do nothing
+
+
+def test_play_in_a_terminal_draws_the_game_and_quits_on_q(tmp_path: Path) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ims", "demo", "--out", str(tmp_path / "out"), "--play"],
+        cwd=ROOT, stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+
+    def read_until(done: bytes, seconds: float) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + seconds
+        while done not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    return
+                if not chunk:
+                    return
+                seen += chunk
+
+    try:
+        read_until(b"(right): a bot", 60)  # the legend under the playfield
+        assert b"(right): a bot" in seen, seen.decode(errors="replace")
+        os.write(master, b"w\x1b[A")  # Bill's paddle up, once by letter, once by arrow
+        time.sleep(0.3)
+        os.write(master, b"q")
+        read_until(b"demo: done", 60)
+        assert process.wait(timeout=30) == 0, seen.decode(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "\x1b[?25l" in text and "\x1b[?25h" in text  # the cursor is given back
+    assert "+" + "-" * 20 in text and " 0 : 0 " in text  # a frame of render(): border, score
+    assert "30 ticks/s in real time" in text
+    assert "stopped before the end" in text
+    assert "ok   Bill ends the session (BYE)" in text

@@ -11,7 +11,12 @@ late (reordered) ones.
 - `step(state, move_a, move_b)`: the deterministic simulation, integers only.
 - `SequenceFilter`: newest-wins acceptance with 32-bit serial arithmetic (RFC 1982).
 - `GameHost`, `GameGuest`: the two ends; time enters only as the caller's calls.
-- `render(state)`: the terminal picture for a later `--play` flag.
+- `EchoTimer`: per-datagram round-trip times from the tick each input datagram echoes; the
+  clock is the caller's (`now`).
+- `bot_move(state, player)`: a simple computer player.
+- `render(state)`: the terminal picture (`ueconnect demo --play`).
+
+ue_ua/game_session.py is the asyncio loop that plays these ends over a datagram channel.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "PADDLE_HEIGHT",
     "WIDTH",
     "DatagramError",
+    "EchoTimer",
     "GameError",
     "GameGuest",
     "GameHost",
@@ -32,6 +38,7 @@ __all__ = [
     "InputDatagram",
     "SequenceFilter",
     "StateDatagram",
+    "bot_move",
     "decode_datagram",
     "encode_input",
     "encode_state",
@@ -234,15 +241,18 @@ class GameHost:
     rejected: int = 0
     _seq: int = 0
 
-    def receive(self, data: bytes) -> None:
-        """A datagram from the guest. Garbage and stale datagrams change nothing."""
+    def receive(self, data: bytes) -> InputDatagram | None:
+        """A datagram from the guest: the input it accepted, else None (garbage, stale or not
+        an input datagram, which change nothing)."""
         try:
             d = decode_datagram(data)
         except DatagramError:
             self.rejected += 1
-            return
+            return None
         if isinstance(d, InputDatagram) and d.player == 1 and self.inputs.accept(d.seq):
             self.guest_move = d.move
+            return d
+        return None
 
     def advance(self, host_move: int) -> bytes:
         """Step one tick with the host's own move; return the state datagram to send."""
@@ -260,18 +270,65 @@ class GameGuest:
     rejected: int = 0
     _seq: int = 0
 
-    def receive(self, data: bytes) -> None:
+    def receive(self, data: bytes) -> StateDatagram | None:
+        """A datagram from the host: the state it accepted (now `self.state`), else None."""
         try:
             d = decode_datagram(data)
         except DatagramError:
             self.rejected += 1
-            return
+            return None
         if isinstance(d, StateDatagram) and self.states.accept(d.seq):
             self.state = d.state
+            return d
+        return None
 
     def send_move(self, move: int) -> bytes:
         self._seq = (self._seq + 1) % 2**32
         return encode_input(InputDatagram(self._seq, self.state.tick, 1, move))
+
+
+# --- round-trip times -----------------------------------------------------------------------
+
+
+@dataclass
+class EchoTimer:
+    """Round-trip times from the game's own datagrams, no extra probe traffic.
+
+    The host notes when it sent the state of each tick; each input datagram carries the newest
+    tick the guest had seen (docs/lobby.md section 5), and a guest that answers every state
+    with an input echoes each tick once. The first echo of a tick gives one sample: state out,
+    input back. Later echoes of the same tick (a repeated or extra input) give none. Only the
+    last `window` ticks are remembered, so memory stays bounded when states are lost."""
+
+    window: int = 1024
+    _sent: dict[int, float] = field(default_factory=dict)
+
+    def sent(self, tick: int, now: float) -> None:
+        self._sent[tick] = now
+        while len(self._sent) > self.window:
+            del self._sent[next(iter(self._sent))]  # the oldest: dicts keep insertion order
+
+    def echoed(self, tick: int, now: float) -> float | None:
+        """Seconds since the state of `tick` went out, on its first echo; else None."""
+        at = self._sent.pop(tick, None)
+        return None if at is None else now - at
+
+
+# --- a computer player ----------------------------------------------------------------------
+
+
+def bot_move(state: GameState, player: int) -> int:
+    """A simple player: follows the ball while it comes toward its paddle, else drifts back
+    to the middle. Beatable: the paddle is no faster than a steep ball."""
+    top = state.paddle_a if player == 0 else state.paddle_b
+    coming = state.vel_x < 0 if player == 0 else state.vel_x > 0
+    target = state.ball_y if coming else HEIGHT // 2
+    centre = top + PADDLE_HEIGHT // 2
+    if target < centre - PADDLE_SPEED:
+        return -1
+    if target > centre + PADDLE_SPEED:
+        return 1
+    return 0
 
 
 # --- the terminal picture -----------------------------------------------------------------

@@ -7,32 +7,41 @@ WebSocket) Bill invites Dave, they agree the rules with Bill's UE as session ser
 UE forwards its UE and MNO identifiers; Bill's UE asks for a connection to Dave with them
 (Require: ueconnect, Target-MNO); Alpha locates Beta through ENUM and RFC 3263; Beta's
 permission function asks Dave's UE, which allows; each operator relays its UE's side and adds
-its relay to the SDP; Dave's UE answers; 100 datagrams go each way with their RTT; the call is
-ended and every relay is released; both UEs unregister. Each step prints with its time, the SIP
-ladder of the call prints at the end and is written as HTML. Exit status 0 only when every step
-behaved.
+its relay to the SDP; Dave's UE answers; Bill's UE hosts a game of pong (ue_ua/game.py) that
+Dave's UE joins, its datagrams crossing both relays, with per-datagram RTT; the call is ended
+and every relay is released; both UEs unregister. Each step prints with its time; a failed step
+names the operator element and the SIP response that stopped it. The SIP ladder of the call
+prints at the end and is written as HTML. Exit status 0 only when every step behaved.
 
 `--scenario` picks the flow (play as above; deny: Dave's app refuses and Bill gets 603, cause 2
 of docs/extension.md section 7; same-mno: Bill -> Carol inside Alpha; relay: as play, the relay
 being the only path on loopback; unassisted: needs the namespace testbed, exit 2). `--json`
 prints one JSON object with the outcome (the step lines go to stderr); `--serve` keeps the
-world running for any SIP client.
-"""
+world running for any SIP client; `--play` lets the user play Bill's paddle in the terminal.
 
+The game runs headless by default: 200 ticks at HEADLESS_SPEEDUP times the lobby's tick rate
+(the same game, tick for tick, in a fraction of the real time). The game loop only sees a
+`DatagramChannel` (ue_ua/game_session.py): here a UDP socket aimed at the SDP's default
+destination, later a ue_ua.connection.Connection.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
+import shutil
 import signal
 import sys
+import termios
 import time
+import tty
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO, cast
+from typing import Any, TextIO, cast
 
 from ims.config import ConfigError
 from ims.dns.errors import DnsError
@@ -46,6 +55,8 @@ from ims.sdp import (
     CandidateType,
     IceCredentials,
     Origin,
+    SdpError,
+    application_stream_index,
     build_answer,
     build_offer,
     candidate_foundation,
@@ -53,13 +64,23 @@ from ims.sdp import (
     negotiated_endpoints,
     parse_sdp,
     serialize_sdp,
+    stream_endpoints,
 )
 from ims.sip.errors import SipError
 from ims.sip.transport import BindError
 from ims.sip.uri import SipUri, parse_uri
-from ims.sip.useragent import Call, CallFailed, IncomingCall, UserAgent
-from ims.trace import TraceError, calls, read_trace, render_ladder, render_ladder_html
+from ims.sip.useragent import Call, CallFailed, IncomingCall, RegistrationError, UserAgent
+from ims.trace import (
+    TraceError,
+    calls,
+    participant_name,
+    read_trace,
+    render_ladder,
+    render_ladder_html,
+)
 from ue_ua.agent import UeAgent
+from ue_ua.game import GameError, GameState, render
+from ue_ua.game_session import GameSessionConfig, MatchResult, percentile, play_match
 from ue_ua.lobby import (
     Accepted,
     GameRules,
@@ -74,30 +95,44 @@ from ue_ua.lobby import (
 )
 from ue_ua.lobby_ws import LobbyConnection, LobbyHandle, serve_lobby
 
-DATAGRAMS = 100  # each way
+DATAGRAMS = 100  # game datagrams that must be received each way (issue 7 acceptance)
+HEADLESS_TICKS = 200  # ticks of a headless game: one state datagram and one input each
+HEADLESS_SPEEDUP = 10.0  # a headless game runs this many times faster than real time
+PLAY_MINUTES = 5  # --play: the game ends by then at the latest
 
 
-class _GameSocket(asyncio.DatagramProtocol):
-    """A UE's application socket: Dave's echoes, Bill's collects the echoes."""
+class _UdpChannel(asyncio.DatagramProtocol):
+    """A UE's game socket as a ue_ua.game_session.DatagramChannel: sends to `peer` (the
+    default destination the SDP gave), queues whatever arrives."""
 
-    def __init__(self, echo: bool) -> None:
-        self.echo = echo
+    QUEUE = 1024  # datagrams held for the game; beyond, they are dropped like a full buffer
+
+    def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.received: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
-        self.count = 0  # datagrams received (for the echoing side: also sent back)
-        self.first_at: float | None = None  # when the first one arrived (perf_counter)
+        self.peer: tuple[str, int] | None = None
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue(self.QUEUE)
+        self.first_at: float | None = None  # when the first datagram arrived (perf_counter)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.count += 1
         if self.first_at is None:
             self.first_at = time.perf_counter()
-        if self.echo and self.transport is not None:
-            self.transport.sendto(data, addr)
-        else:
-            self.received.put_nowait((data, time.perf_counter()))
+        if not self.inbox.full():
+            self.inbox.put_nowait(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error for an earlier datagram: the game counts what arrives, nothing to do.
+        pass
+
+    async def send(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing() or self.peer is None:
+            raise OSError("the game socket is closed or has no peer yet")
+        self.transport.sendto(data, self.peer)
+
+    async def recv(self) -> bytes:
+        return await self.inbox.get()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -105,12 +140,14 @@ class _GameSocket(asyncio.DatagramProtocol):
         host, port = self.transport.get_extra_info("sockname")[:2]
         return host, port
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
-async def _game_socket(echo: bool) -> _GameSocket:
+
+async def _game_socket() -> _UdpChannel:
     loop = asyncio.get_running_loop()
-    _, protocol = await loop.create_datagram_endpoint(
-        lambda: _GameSocket(echo), local_addr=("127.0.0.1", 0)
-    )
+    _, protocol = await loop.create_datagram_endpoint(_UdpChannel, local_addr=("127.0.0.1", 0))
     return protocol
 
 
@@ -143,11 +180,6 @@ def _answer(offer: bytes, address: tuple[str, int]) -> bytes:
     )
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 @dataclass(frozen=True)
 class Scenario:
     """One `--scenario`: who calls whom and what the callee's application answers."""
@@ -157,13 +189,14 @@ class Scenario:
     callee: str
     decision: Decision
     summary: str
+    refusal_expected: bool = False  # deny: the refusal is the scenario behaving
 
 
 _ALL = (
     Scenario("play", "Bill", "Dave", Decision.ALLOW,
              "Bill (Alpha) connects to Dave (Beta); Dave allows"),
     Scenario("deny", "Bill", "Dave", Decision.DENY,
-             "Bill (Alpha) asks for Dave (Beta); Dave's app answers deny"),
+             "Bill (Alpha) asks for Dave (Beta); Dave's app answers deny", True),
     Scenario("same-mno", "Bill", "Carol", Decision.ALLOW,
              "Bill connects to Carol, both at Alpha; Carol allows"),
     Scenario("relay", "Bill", "Dave", Decision.ALLOW,
@@ -224,6 +257,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="print one JSON object with the outcome instead of the human view",
     )
     parser.add_argument(
+        "--play",
+        action="store_true",
+        help="play the game in this terminal: Bill's paddle (left) with w/s or the arrow keys, "
+        "q quits; Dave is played by a bot. Needs a terminal (stdout and stdin a TTY); "
+        "without it the game runs headless",
+    )
+    parser.add_argument(
         "--serve",
         action="store_true",
         help="start the embedded world and keep it running (until Ctrl-C or SIGTERM) for any "
@@ -272,35 +312,91 @@ class _Report:
                 for name in (forward, backward)
             },
             rtt_ms={
-                "p50": round(_percentile(self.rtts, 0.5), 3) if self.rtts else None,
-                "p95": round(_percentile(self.rtts, 0.95), 3) if self.rtts else None,
+                "p50": round(percentile(self.rtts, 0.5), 3) if self.rtts else None,
+                "p95": round(percentile(self.rtts, 0.95), 3) if self.rtts else None,
             },
             leaked=self.leaked,
         )
         return document
 
 
+class StepFailed(Exception):
+    """A demo step did not behave; `role` names the operator element at fault when known."""
+
+    def __init__(self, what: str, role: str | None = None) -> None:
+        super().__init__(f"{role}: {what}" if role else what)
+        self.role = role
+
+
+def _who_answered(trace: Path | None, status: int, since: float, call_id: str | None) -> str:
+    """Which element first sent the final response `status`: the earliest trace line with it
+    (the element that made it writes "out" before anyone forwards it). A response first seen
+    coming in from a UE was that UE's; one not traced at all was made up by the UE itself
+    (its transaction timed out or the transport failed: RFC 3261 section 8.1.3.1)."""
+    entries = []
+    if trace is not None and trace.exists():
+        try:
+            entries = read_trace(trace)
+        except TraceError:
+            entries = []
+    seen = sorted(
+        (e for e in entries
+         if e.status == status and e.epoch >= since - 1
+         and (call_id is None or e.call_id == call_id)),
+        key=lambda e: e.epoch,
+    )  # fmt: skip
+    if not seen:
+        return "the UE itself (no operator element sent it)"
+    first = seen[0]
+    if first.direction == "out":
+        return participant_name(first.operator, first.role)
+    sender = first.source_name or f"the UE at {first.source}"
+    return f"{sender} (through {participant_name(first.operator, first.role)})"
+
+
 class _Steps:
-    def __init__(self, report: _Report, out: TextIO) -> None:
+    def __init__(self, report: _Report, out: TextIO, trace: Path | None) -> None:
         self.start = time.perf_counter()
-        self.failed = False
+        self.failed: str | None = None  # what stopped the demo: step, element, response
         self.report = report
         self.out = out  # stdout for the human view, stderr under --json
+        self.trace = trace
 
-    async def run(self, name: str, work: Callable[[], Awaitable[str]]) -> bool:
+    def _stopped_by(self, exc: Exception, since: float) -> str:
+        """The failure in a user's words: the element and the SIP response, when a response
+        stopped the step; else what went wrong."""
+        if isinstance(exc, CallFailed):
+            reason = exc.response.headers.get("Reason")
+            who = _who_answered(self.trace, exc.status_code, since,
+                                exc.response.headers.get("Call-ID"))  # fmt: skip
+            return (f"{who} answered {exc.status_code} {exc.reason}"
+                    + (f" (Reason: {reason})" if reason else ""))  # fmt: skip
+        if isinstance(exc, RegistrationError):
+            who = _who_answered(self.trace, exc.status_code, since, None)
+            return f"{who} answered the REGISTER with {exc.status_code} {exc.reason}"
+        if isinstance(exc, TimeoutError):
+            return "no answer in time"
+        return str(exc) or type(exc).__name__
+
+    async def run(
+        self, name: str, work: Callable[[], Awaitable[str]], *, timeout: float = 15
+    ) -> bool:
         if self.failed:
             print(f"  skip {name}", file=self.out, flush=True)
             self.report.steps.append({"name": name, "ok": False, "ms": None})
             return False
-        began = time.perf_counter()
+        began, since = time.perf_counter(), time.time()
         try:
-            detail = await asyncio.wait_for(work(), 15)
-        except (DnsError, SipError, LobbyError, OSError, TimeoutError) as exc:
-            self.failed = True
-            why = str(exc) or type(exc).__name__
-            print(f"  FAIL {name}: {why}", file=self.out, flush=True)
+            detail = await asyncio.wait_for(work(), timeout)
+        except (DnsError, SipError, SdpError, LobbyError, GameError, StepFailed, OSError,
+                TimeoutError) as exc:  # fmt: skip
+            why = self._stopped_by(exc, since)
+            self.failed = f"step \"{name}\" failed: {why}"
             took = (time.perf_counter() - began) * 1000
+            at = (time.perf_counter() - self.start) * 1000
             self.report.steps.append({"name": name, "ok": False, "ms": round(took, 3)})
+            print(f"  [{at:7.1f} ms] FAIL {name} ({took:.1f} ms)\n{'':22}{why}", file=self.out,
+                  flush=True)  # fmt: skip
             return False
         took = (time.perf_counter() - began) * 1000
         at = (time.perf_counter() - self.start) * 1000
@@ -315,23 +411,26 @@ def _plmn(operator: str) -> str:
     return f"{op.mcc}-{op.mnc}"
 
 
-def _open_relays(world: EmbeddedWorld) -> int:
-    return sum(
-        len(op.gateway.open_legs()) + op.gateway.relay.open_sockets()
-        for op in world.operators.values()
+def _open_relays(world: EmbeddedWorld) -> dict[str, int]:
+    """Open relay legs and sockets per operator."""
+    return {
+        name: len(op.gateway.open_legs()) + op.gateway.relay.open_sockets()
+        for name, op in world.operators.items()
         if op.gateway is not None
-    )
+    }
 
 
 async def _relays_released(world: EmbeddedWorld) -> None:
     """Wait (bounded) until every gateway has released its legs: they do it in a task."""
-    open_relays = _open_relays(world)
     for _ in range(100):
-        if not open_relays:
+        if not any(_open_relays(world).values()):
             return
         await asyncio.sleep(0.02)
-        open_relays = _open_relays(world)
-    raise SipError(f"{open_relays} relay legs or sockets still open")
+    left = {name: n for name, n in _open_relays(world).items() if n}
+    raise StepFailed(
+        f"{sum(left.values())} relay legs or sockets still open",
+        role=" and ".join(f"{name} connectivity gateway" for name in left),
+    )
 
 
 def _bindings(world: EmbeddedWorld, subscribers: Iterable[DemoSubscriber]) -> int:
@@ -342,12 +441,89 @@ def _bindings(world: EmbeddedWorld, subscribers: Iterable[DemoSubscriber]) -> in
     )
 
 
-async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
+def _keys(data: bytes) -> list[str]:
+    """What a chunk read from the terminal asks: "up", "down", "stop" or "quit", in order.
+    Arrows arrive as ESC [ A / ESC O A (normal and application cursor mode)."""
+    for sequence, word in ((b"\x1b[A", b"w"), (b"\x1bOA", b"w"),
+                           (b"\x1b[B", b"s"), (b"\x1bOB", b"s")):  # fmt: skip
+        data = data.replace(sequence, word)
+    words = {ord("w"): "up", ord("W"): "up", ord("k"): "up",
+             ord("s"): "down", ord("S"): "down", ord("j"): "down",
+             ord(" "): "stop", ord("q"): "quit", ord("Q"): "quit"}  # fmt: skip
+    return [words[b] for b in data if b in words]
+
+
+class _Terminal:
+    """`--play`: Bill's paddle from the keyboard, the playfield redrawn in place with ANSI
+    escapes (no curses: cursor up, erase line). The terminal is in cbreak mode while the
+    game runs (keys arrive at once, Ctrl-C still interrupts) and restored afterwards."""
+
+    HOLD = 5  # ticks one key press moves the paddle: a terminal sends no key-up, only repeats
+
+    def __init__(self, out: TextIO, caller: str, callee: str, points_to_win: int) -> None:
+        self.out = out
+        self.quit = asyncio.Event()
+        self.fd = sys.stdin.fileno()
+        self._move, self._left = 0, 0
+        self._drawn = 0  # lines of the last frame, to move back over
+        self._legend = (f"{caller} (left): w/s or arrows, q quits    {callee} (right): a bot"
+                        f"    first to {points_to_win}")  # fmt: skip
+        size = shutil.get_terminal_size()
+        self.columns = max(20, min(64, size.columns - 2))
+        self.rows = max(6, min(16, size.lines - 6))
+        self._saved: list[Any] | None = None  # termios attributes to restore
+
+    def __enter__(self) -> _Terminal:
+        self._saved = termios.tcgetattr(self.fd)
+        tty.setcbreak(self.fd)
+        asyncio.get_running_loop().add_reader(self.fd, self._read)
+        self.out.write("\x1b[?25l")  # hide the cursor
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        asyncio.get_running_loop().remove_reader(self.fd)
+        if self._saved is not None:
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved)
+        self.out.write("\x1b[?25h")
+        self.out.flush()
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, 64)
+        except OSError:
+            data = b""
+        if not data:  # the terminal went away
+            self.quit.set()
+            return
+        for key in _keys(data):
+            if key == "quit":
+                self.quit.set()
+            elif key == "stop":
+                self._left = 0
+            else:
+                self._move, self._left = (-1 if key == "up" else 1), self.HOLD
+
+    def move(self, state: GameState) -> int:
+        if self._left <= 0:
+            return 0
+        self._left -= 1
+        return self._move
+
+    def draw(self, state: GameState) -> None:
+        lines = [*render(state, self.columns, self.rows).split("\n"),
+                 f"tick {state.tick:5d}   {self._legend}"]  # fmt: skip
+        up = f"\x1b[{self._drawn}F" if self._drawn else ""
+        self.out.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.out.flush()
+        self._drawn = len(lines)
+
+
+async def _scenario(out: Path, scenario: Scenario, as_json: bool, interactive: bool = False) -> int:
     report = _Report(scenario.name, scenario.caller, scenario.callee)
     view = sys.stderr if as_json else sys.stdout
-    steps = _Steps(report, view)
-    refused = scenario.decision is not Decision.ALLOW
+    refused = scenario.refusal_expected
     async with EmbeddedWorld.start(out) as world:
+        steps = _Steps(report, view, world.trace)
         caller_sub = world.subscriber(scenario.caller)
         callee_sub = world.subscriber(scenario.callee)
         caller_name, callee_name = caller_sub.name, callee_sub.name
@@ -390,17 +566,22 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
         }
         offered: list[IncomingCall] = []
         calls_made: dict[str, Call] = {}
-        caller_game, callee_game = await _game_socket(echo=False), await _game_socket(echo=True)
+        caller_game, callee_game = await _game_socket(), await _game_socket()
         forward = f"{caller_name.lower()}_to_{callee_name.lower()}"
         backward = f"{callee_name.lower()}_to_{caller_name.lower()}"
         invite_sent = 0.0
         lobby_peer: dict[str, str] = {}
+        agreed: list[GameRules] = []
         lobbies: list[LobbyHandle] = []
         connections: list[LobbyConnection] = []
 
         async def answer(incoming: IncomingCall) -> None:
             offered.append(incoming)
             incoming.ring()
+            offer = parse_sdp(incoming.request.body)
+            # The callee's game sends to the offer's default destination (its operator's relay).
+            default = stream_endpoints(offer, application_stream_index(offer)).default
+            callee_game.peer = (default.address, default.port)
             body = _answer(incoming.request.body, callee_game.address)
             calls_made["callee"] = await incoming.accept(body, "application/sdp")
 
@@ -446,10 +627,12 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                 await guest.send(guest.client.forward_identity(sid))
                 identity = await host.expect(Identity)
                 lobby_peer["ue_id"], lobby_peer["mno_id"] = identity.ue_id, identity.mno_id
+                agreed.append(rules)
                 return (
                     f"{caller_name} invites {callee_name}, who accepts; {rules.game} at "
-                    f"{rules.tick_rate} ticks/s with {caller_name}'s UE as session server; "
-                    f"{callee_name}'s UE forwards {identity.ue_id} at MNO {identity.mno_id}"
+                    f"{rules.tick_rate} ticks/s, first to {rules.points_to_win}, with "
+                    f"{caller_name}'s UE as session server; {callee_name}'s UE forwards "
+                    f"{identity.ue_id} at MNO {identity.mno_id}"
                 )
 
             await steps.run("the game lobby: invite, rules, session server, identities", lobby)
@@ -470,23 +653,26 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
             )
             await steps.run(where, locate)
 
-            async def connect() -> str:
+            async def invite() -> Call:
                 nonlocal invite_sent
                 invite_sent = time.perf_counter()
-                call = await caller.call(
+                return await caller.call(
                     parse_uri(lobby_peer["ue_id"]),
                     extra=[("Require", "ueconnect"), ("Supported", "ueconnect"),
                            ("Target-MNO", lobby_peer["mno_id"])],
                     body=_offer(caller_game.address),
                     content_type="application/sdp",
                 )  # fmt: skip
-                calls_made["caller"] = call
+
+            permission_function = f"{callee_sub.operator} permission function"
+
+            async def connect() -> str:
+                calls_made["caller"] = await invite()
                 report.connected = True
                 pai = offered[0].request.headers.get("P-Asserted-Identity") if offered else None
                 if not asked:
-                    raise SipError(
-                        f"{callee_sub.operator} connected the call without asking {callee_name}"
-                    )
+                    raise StepFailed(f"connected the call without asking {callee_name}",
+                                     role=permission_function)  # fmt: skip
                 report.permission = "granted"
                 inquiry = asked[0]
                 return (
@@ -496,16 +682,8 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                 )
 
             async def refused_call() -> str:
-                nonlocal invite_sent
-                invite_sent = time.perf_counter()
                 try:
-                    call = await caller.call(
-                        parse_uri(lobby_peer["ue_id"]),
-                        extra=[("Require", "ueconnect"), ("Supported", "ueconnect"),
-                               ("Target-MNO", lobby_peer["mno_id"])],
-                        body=_offer(caller_game.address),
-                        content_type="application/sdp",
-                    )  # fmt: skip
+                    call = await invite()
                 except CallFailed as failed:
                     reason_header = failed.response.headers.get("Reason") or ""
                     report.refusal = {"status": failed.status_code, "reason": failed.reason}
@@ -513,18 +691,17 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                         report.permission = "denied"
                     # docs/extension.md section 7: the callee's UE denied -> 603, cause 2.
                     if failed.status_code != 603 or "cause=2" not in reason_header:
-                        raise SipError(
+                        raise StepFailed(
                             f"expected 603 with Reason cause 2, got {failed.status_code} "
-                            f"{failed.reason} (Reason: {reason_header or '-'})"
+                            f"{failed.reason} (Reason: {reason_header or '-'})",
+                            role=permission_function,
                         ) from None
                     if not asked:
-                        raise SipError(
-                            f"{callee_sub.operator} refused without asking {callee_name}"
-                        ) from None
+                        raise StepFailed(f"refused without asking {callee_name}",
+                                         role=permission_function) from None  # fmt: skip
                     if offered:
-                        raise SipError(
-                            f"{callee_name} was offered the call despite refusing"
-                        ) from None
+                        raise StepFailed(f"{callee_name} was offered the call despite refusing",
+                                         role=permission_function) from None  # fmt: skip
                     return (
                         f"{callee_sub.operator} asked {callee_name}, who answered deny; "
                         f"{caller_name} got {failed.status_code} {failed.reason}, Reason "
@@ -532,7 +709,8 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                     )
                 calls_made["caller"] = call
                 report.connected = True
-                raise SipError(f"the call was connected although {callee_name} answered deny")
+                raise StepFailed(f"the call was connected although {callee_name} answered deny",
+                                 role=permission_function)  # fmt: skip
 
             if refused:
                 await steps.run(
@@ -551,62 +729,74 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                     f"{callee_sub.operator} asks {callee_name} for consent",
                     connect,
                 )
+                operators = sorted({caller_sub.operator, callee_sub.operator})
+                gateways = " and ".join(f"{name} connectivity gateway" for name in operators)
+                rules = agreed[0] if agreed else GameRules()
+                if interactive:
+                    config = GameSessionConfig.from_rules(
+                        rules, ticks=rules.tick_rate * 60 * PLAY_MINUTES, idle_timeout=2.0
+                    )
+                else:
+                    config = GameSessionConfig.from_rules(
+                        rules, ticks=HEADLESS_TICKS, speedup=HEADLESS_SPEEDUP, idle_timeout=2.0
+                    )
 
                 async def play() -> str:
                     answer = negotiated_endpoints(parse_sdp(calls_made["caller"].remote_body))
                     relays = [c for c in answer.candidates if c.type == CandidateType.RELAY]
-                    if caller_game.transport is None:
-                        raise SipError(f"{caller_name}'s game socket is closed")
                     # Each operator on the path relays its own UE's side (one or two).
-                    wanted = 1 if caller_sub.operator == callee_sub.operator else 2
+                    wanted = len(operators)
                     if len(relays) < wanted:
-                        raise SipError(
-                            f"the answer carries {len(relays)} relay candidates, not {wanted}"
-                        )
+                        raise StepFailed(f"the answer carries {len(relays)} relay candidates, "
+                                         f"not {wanted}", role=gateways)  # fmt: skip
                     target = (answer.default.address, answer.default.port)
+                    caller_game.peer = target
                     via_relay = any((c.address, c.port) == target for c in relays)
                     report.path = "relay" if via_relay else "direct"
-                    lost_in_a_row = 0
-                    for i in range(DATAGRAMS):
-                        sent = time.perf_counter()
-                        caller_game.transport.sendto(f"move {i}".encode(), target)
-                        report.sent[forward] = i + 1
-                        try:
-                            data, got = await asyncio.wait_for(caller_game.received.get(), 0.5)
-                        except TimeoutError:
-                            lost_in_a_row += 1
-                            if lost_in_a_row >= 5:
-                                break
-                            continue
-                        finally:
-                            report.received[forward] = callee_game.count
-                            report.sent[backward] = callee_game.count
-                            report.received[backward] = caller_game.count
-                        lost_in_a_row = 0
-                        if report.setup_ms is None and callee_game.first_at is not None:
-                            report.setup_ms = (callee_game.first_at - invite_sent) * 1000
-                        if data != f"move {i}".encode():
-                            raise SipError(f"datagram {i} came back as {data!r}")
-                        rtts_ms = (got - sent) * 1000
-                        report.rtts.append(rtts_ms)
+                    if interactive:
+                        print(f"\n  {caller_name} hosts the game; {callee_name}'s UE is a bot. "
+                              "Keys: w/s or the arrows move your paddle, q quits.\n",
+                              file=view, flush=True)  # fmt: skip
+                        with _Terminal(view, caller_name, callee_name,
+                                       rules.points_to_win) as screen:  # fmt: skip
+                            result = await play_match(caller_game, callee_game, config,
+                                                      host_move=screen.move,
+                                                      on_tick=screen.draw, stop=screen.quit)
+                    else:
+                        result = await play_match(caller_game, callee_game, config)
+                    _count(report, result, forward, backward)
                     if callee_game.first_at is not None:
                         report.setup_ms = (callee_game.first_at - invite_sent) * 1000
-                    if min(callee_game.count, caller_game.count) < DATAGRAMS:
-                        raise SipError(
-                            f"{callee_game.count} of {DATAGRAMS} datagrams reached "
-                            f"{callee_name}, {caller_game.count} came back to {caller_name}"
+                    least = 1 if interactive else DATAGRAMS
+                    got = min(result.guest.received, result.host.received)
+                    if got < least:
+                        raise StepFailed(
+                            f"{result.guest.received} of {result.host.sent} game datagrams "
+                            f"reached {callee_name}, {result.host.received} of "
+                            f"{result.guest.sent} reached {caller_name}; at least {least} "
+                            "each way were expected",
+                            role=f"the relay path ({gateways})",
                         )
+                    pace = (
+                        f"{config.tick_rate} ticks/s in real time" if interactive else
+                        f"{config.ticks} ticks at {config.tick_rate} ticks/s, run "
+                        f"{config.speedup:g}x faster than real time (headless)"
+                    )  # fmt: skip
                     return (
-                        f"{DATAGRAMS} datagrams each way via {len(relays)} relay candidate(s), "
-                        f"first at {target[0]}:{target[1]}; {callee_game.count} reached "
-                        f"{callee_name}, {caller_game.count} came back; RTT p50 "
-                        f"{_percentile(report.rtts, 0.5):.2f} ms, p95 "
-                        f"{_percentile(report.rtts, 0.95):.2f} ms"
+                        f"pong, {caller_name}'s UE the session server, {pace}, via "
+                        f"{len(relays)} relay candidate(s), first at {target[0]}:{target[1]}: "
+                        f"{caller_name} -> {callee_name} {result.host.sent} sent / "
+                        f"{result.guest.received} received, {callee_name} -> {caller_name} "
+                        f"{result.guest.sent} sent / {result.host.received} received; "
+                        f"{_rtt_line(result.host.rtt_ms)}\n{'':22}"
+                        f"{result.outcome(caller_name, callee_name)}"
                     )
 
+                play_time = config.ticks * config.interval + config.linger + 15
                 await steps.run(
-                    f"{caller_name} and {callee_name} exchange game datagrams (relay path)", play
-                )
+                    f"{caller_name} and {callee_name} play pong over the connection "
+                    f"(relay path)", play, timeout=play_time,
+                )  # fmt: skip
 
                 async def hang_up() -> str:
                     response = await calls_made["caller"].bye()
@@ -624,7 +814,8 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
                     await agent.ua.unregister()
                 left = _bindings(world, (caller_sub, callee_sub))
                 if left:
-                    raise SipError(f"{left} bindings still in the operators' stores")
+                    raise StepFailed(f"{left} bindings still in the operators' stores",
+                                     role="the S-CSCF (registrar)")  # fmt: skip
                 return "both UEs unregistered (Expires: 0); no binding left in either store"
 
             await steps.run("both UEs unregister", unregister)
@@ -634,30 +825,42 @@ async def _scenario(out: Path, scenario: Scenario, as_json: bool) -> int:
             for handle in lobbies:
                 await handle.close()
             for game in (caller_game, callee_game):
-                if game.transport is not None:
-                    game.transport.close()
+                game.close()
             for agent in agents.values():
                 await agent.close()
             await caller.close()
             await callee.close()
             # What is left after teardown. No PCP on the embedded default: no mappings.
-            report.leaked["relays"] = _open_relays(world)
+            report.leaked["relays"] = sum(_open_relays(world).values())
             # The S-CSCF tracks sessions only for its metrics (off here): the UEs' dialogs.
             report.leaked["sessions"] = len(caller.dialogs) + len(callee.dialogs)
             report.leaked["registrations"] = _bindings(world, world.subscribers)
     _show_ladder(world.trace, out, view)
-    ok = not steps.failed
     if as_json:
-        print(json.dumps(report.as_json(ok)), flush=True)
-    if not ok:
-        print("demo: a step failed (see above)", file=sys.stderr)
+        print(json.dumps(report.as_json(steps.failed is None)), flush=True)
+    if steps.failed is not None:
+        print(f"demo ({scenario.name}): {steps.failed}", file=sys.stderr)
         return 1
     if not as_json:
         print(
-            "demo: done. Not in this build yet: CGN mappings through PCP (the embedded default "
-            "relays), ICE checks, and the game itself (the datagrams here are echoes)."
+            "demo: done. Not in this build yet: CGN mappings through PCP and ICE checks (the "
+            "embedded default relays every datagram)."
         )
     return 0
+
+
+def _rtt_line(samples: tuple[float, ...]) -> str:
+    if not samples:
+        return "no RTT sample (no tick came back)"
+    return (f"RTT per datagram ({len(samples)} samples, state out to input back) p50 "
+            f"{percentile(samples, 0.5):.2f} ms, p95 {percentile(samples, 0.95):.2f} ms")
+
+
+def _count(report: _Report, result: MatchResult, forward: str, backward: str) -> None:
+    """The game's datagrams each way, named after the scenario's peers (issue 7 item 4)."""
+    report.sent[forward], report.received[forward] = result.host.sent, result.guest.received
+    report.sent[backward], report.received[backward] = result.guest.sent, result.host.received
+    report.rtts = list(result.host.rtt_ms)
 
 
 async def _serve(out: Path) -> int:
@@ -715,6 +918,21 @@ def _show_ladder(trace: Path | None, out: Path, view: TextIO) -> None:
         print(f"demo: could not draw the ladder: {exc}", file=sys.stderr)
 
 
+def _cannot_play(args: argparse.Namespace) -> str | None:
+    """Why --play cannot run with these options or here, else None."""
+    if args.json or args.serve:
+        other = "--json" if args.json else "--serve"
+        return f"--play and {other} do not go together: --play draws the game in the terminal"
+    if SCENARIOS[args.scenario].refusal_expected:
+        return (f"--play needs a scenario that connects (play, same-mno, relay): in "
+                f"{args.scenario} nothing is played")
+    for stream, name in ((sys.stdout, "stdout"), (sys.stdin, "stdin")):
+        if not stream.isatty():
+            return (f"--play needs a terminal, and {name} is not a TTY (redirected or piped?). "
+                    "Run it in a terminal, or drop --play: the game then runs headless")
+    return None
+
+
 def _demo(args: argparse.Namespace) -> int:
     # The seams log a warning on every use; the demo says it once, at the end.
     logging.getLogger("ims.seams").setLevel(logging.ERROR)
@@ -724,10 +942,20 @@ def _demo(args: argparse.Namespace) -> int:
     if args.scenario == "unassisted":
         print(f"ueconnect demo: {UNASSISTED_NEEDS_TESTBED}", file=sys.stderr)
         return 2
+    if args.play:
+        problem = _cannot_play(args)
+        if problem:
+            print(f"ueconnect demo: {problem}", file=sys.stderr)
+            return 2
     try:
         if args.serve:
             return asyncio.run(_serve(args.out))
-        return asyncio.run(_scenario(args.out, SCENARIOS[args.scenario], args.json))
+        scenario = SCENARIOS[args.scenario]
+        return asyncio.run(_scenario(args.out, scenario, args.json, interactive=args.play))
+    except KeyboardInterrupt:
+        # Ctrl-C (e.g. during --play): the world has been torn down on the way out.
+        print("ueconnect demo: interrupted", file=sys.stderr)
+        return 130
     except BindError as exc:
         print(
             f"ueconnect demo: cannot start the embedded world: {exc}\n"
