@@ -38,6 +38,7 @@ from ims.dns.plmn import mno_domain
 from ims.extension import OPTION_TAG, TargetMno, option_tags, requires_extension, target_mno_of
 from ims.metrics import OperatorMetrics
 from ims.pcscf import pop_own_route
+from ims.permission.outcomes import REASON_PROTOCOL, Outcome, response_of
 from ims.registrar import Registrar, subscriber_for
 from ims.seams import (
     ConnectivityGateway,
@@ -87,6 +88,42 @@ place (ims.operator.Element.hold); the response as given goes on if the work fai
 def service_route(uri: SipUri) -> str:
     """The Service-Route value of the S-CSCF named `uri`: its URI, `orig`, `lr` (RFC 3608)."""
     return f"<{SipUri(host=uri.host, port=uri.port, user=ORIG_USER, params=(('lr', None),))}>"
+
+
+# The locator's refusals (docs/extension.md section 7) and their outcome, by status code.
+_LOCATOR_OUTCOMES = {404: Outcome.UNKNOWN_NUMBER, 604: Outcome.UNKNOWN_OPERATOR}
+
+
+def _no_such_number(request: Request, phrase: str) -> Response:
+    """404 for a number no subscriber here has; with `Reason: ueconnect;cause=7` when the
+    request requires the extension (docs/extension.md section 7)."""
+    extra = []
+    if requires_extension(request):
+        reason = response_of(Outcome.UNKNOWN_NUMBER).reason
+        assert reason is not None
+        extra.append(("Reason", reason))
+    return make_response(request, 404, phrase, extra=extra)
+
+
+def _with_locator_reason(
+    watch: Callable[[Response], Response | Hold] | None,
+) -> Callable[[Response], Response | Hold]:
+    """The border's 404 (no such number: ENUM or the peer's S-CSCF) and 604 (no such
+    operator) for a `Require: ueconnect` INVITE, with the section 7 Reason the border does
+    not add (cause 7, 8), unless one is there already; then `watch`."""
+
+    def rewrite(response: Response) -> Response | Hold:
+        outcome = _LOCATOR_OUTCOMES.get(response.status_code)
+        ours = f"{REASON_PROTOCOL};cause="
+        if outcome is not None and not any(
+                ours in value.replace(" ", "").lower()
+                for value in response.headers.get_all("Reason")):
+            reason = response_of(outcome).reason
+            assert reason is not None
+            response = response.with_headers(response.headers.appended("Reason", reason))
+        return watch(response) if watch is not None else response
+
+    return rewrite
 
 
 class Scscf:
@@ -171,7 +208,7 @@ class Scscf:
                 return self._with_seams(request, (Leg.ORIGINATING, Leg.TERMINATING))
             return self._deliver(request, callee)
         if ours or self._our_domain(request):
-            return make_response(request, 404, f"Not Found (no subscriber {request.uri} here)")
+            return _no_such_number(request, f"Not Found (no subscriber {request.uri} here)")
         if self.border is None:
             return make_response(request, 403, "Forbidden (no border configured for calls out)")
         logger.info("S-CSCF %s: %s %s -> %s (to the border)", self.uri, request.method,
@@ -183,9 +220,12 @@ class Scscf:
     def _to_border(self, request: Request, *, prepared: bool = False) -> Forward:
         assert self.border is not None
         # The border's 503 says the peer operator is unreachable: the caller gets it as is.
+        watch = self._session_watch(request, 1 if prepared else 0)
+        if requires_extension(request):
+            watch = _with_locator_reason(watch)
         return Forward(
             (Target(request.uri, self.border),), record_route=True, request=request,
-            relay_503=True, rewrite_response=self._session_watch(request, 1 if prepared else 0),
+            relay_503=True, rewrite_response=watch,
         )
 
     def _names_us(self, target_mno: TargetMno | None) -> bool | None:
@@ -206,7 +246,7 @@ class Scscf:
     def _terminating(self, request: Request, *, helped: bool) -> Forward | Response | Defer:
         callee = subscriber_for(self.store, request.uri)
         if callee is None:
-            return make_response(request, 404, f"Not Found (no subscriber {request.uri} here)")
+            return _no_such_number(request, f"Not Found (no subscriber {request.uri} here)")
         if helped:
             return self._with_seams(request, (Leg.TERMINATING,))
         return self._deliver(request, callee)
@@ -354,6 +394,6 @@ class Scscf:
         if Leg.TERMINATING in legs:
             callee = subscriber_for(self.store, request.uri)
             if callee is None:
-                return make_response(request, 404, f"Not Found (no subscriber {request.uri})")
+                return _no_such_number(request, f"Not Found (no subscriber {request.uri})")
             return self._deliver(request, callee, prepared=tracked)
         return self._to_border(request, prepared=tracked)

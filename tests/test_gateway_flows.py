@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import pytest
 
+from bench.sipp import free_udp_tcp_port as _free_port
 from ims.config import ConfigError, GatewayMode, Role, parse_config
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import DISCARD_PORT, RelayGateway, session_expires
@@ -48,7 +49,6 @@ from tests.test_operator_flows import (
     NETS,
     PASSWORD,
     PEOPLE,
-    _free_port,
     _impi,
     start_operators,
 )
@@ -68,8 +68,9 @@ class World:
     apps: dict[str, App]
 
     def gateways(self) -> tuple[RelayGateway, RelayGateway]:
-        assert self.alpha.gateway is not None and self.beta.gateway is not None
-        return self.alpha.gateway, self.beta.gateway
+        a, b = self.alpha.gateway, self.beta.gateway
+        assert isinstance(a, RelayGateway) and isinstance(b, RelayGateway)
+        return a, b
 
 
 @asynccontextmanager

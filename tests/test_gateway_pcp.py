@@ -7,18 +7,20 @@ every MappingChanges it was asked to apply, stands in for nftables (which needs 
 testbed proves the packets, tests/test_testbed_proof.py). So these tests check what the
 operators ask of the CGN and put in SDP, and that the relay fallback carries datagrams.
 
-Also: relay latching on the UE's ICE check (RFC 8445 section 7.2.2) and the [gateway] pcp_*
-configuration keys."""
+Also: relay latching on the UE's ICE check (RFC 8445 section 7.2.2), also for UEs behind a
+userspace endpoint-dependent NAT on loopback (`SymmetricNat`) whose default is their STUN
+mapping, and the [gateway] pcp_* configuration keys."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aioice.stun as stun
 import pytest
@@ -26,14 +28,34 @@ import pytest
 from ims.cli.mno import describe_open
 from ims.config import ConfigError, parse_config
 from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig, PcpOpenLeg
-from ims.gateway.relay import PermittedPeer, RelayConfig, RelayTable, Side, is_binding_request
-from ims.gateway.service import RelayGateway, behind_nat
+from ims.gateway.relay import (
+    Latched,
+    PermittedPeer,
+    RelayConfig,
+    RelayTable,
+    Side,
+    is_binding_request,
+)
+from ims.gateway.service import RelayGateway, behind_nat, default_behind_nat
 from ims.operator import Operator
 from ims.pcp.aioserver import RunningPcpServer, start_pcp_server
 from ims.pcp.constants import Opcode
 from ims.pcp.nft import RecordingTable
 from ims.pcp.server import Mapping, MappingChanges, PcpServerConfig
-from ims.sdp import IceCredentials, negotiated_endpoints, parse_sdp, stream_endpoints
+from ims.sdp import (
+    Candidate,
+    CandidateType,
+    IceCredentials,
+    Origin,
+    build_answer,
+    build_offer,
+    candidate_foundation,
+    candidate_priority,
+    negotiated_endpoints,
+    parse_sdp,
+    serialize_sdp,
+    stream_endpoints,
+)
 from ims.seams import Leg
 from ims.sip.message import Request
 from ims.sip.uri import SipUri, parse_uri
@@ -244,9 +266,9 @@ def test_rfc6887_map_filter_then_peer_then_filter_replaced_and_deleted_after_bye
             assert alpha.fallbacks == beta.fallbacks == 0
 
             assert (await call.bye()).status_code == 200
-            await _until(lambda: not w.cgns["alpha"].mappings and not w.cgns["beta"].mappings,
-                         "both mappings deleted (RFC 6887 15)")
-            assert not w.cgns["alpha"].plane.rules and not w.cgns["beta"].plane.rules
+            # The server drops the mapping from its table, then (a step later) its rules.
+            await _until(lambda: not any(c.mappings or c.plane.rules for c in w.cgns.values()),
+                         "both mappings and their rules deleted (RFC 6887 15)")
             await _until(lambda: _released(alpha, beta), "nothing open at either operator")
 
     run(main())
@@ -392,6 +414,9 @@ def test_rfc8445_7_2_2_relay_port_latches_on_the_ue_check_then_only_that_source(
     view = table.allocation(allocation.id)
     assert view.caller_latched and view.caller_peer == cgn
     assert view.counters.dropped_at_caller_side == 3
+    # The latch is reported once, for the driver's log.
+    assert table.pop_latches() == (Latched(allocation.id, Side.CALLER, cgn),)
+    assert table.pop_latches() == ()
 
 
 def test_rfc6598_rfc1918_peers_latch_loopback_and_public_stay_exact() -> None:
@@ -428,6 +453,166 @@ def test_relay_gateway_latches_a_ue_behind_a_cgn_on_the_session_ufrags() -> None
                                  asyncio.get_running_loop().time()) == cgn
         finally:
             await gateway.close()
+
+    run(main())
+
+
+def _candidate(kind: CandidateType, address: tuple[str, int],
+               related: tuple[str, int] | None = None) -> Candidate:
+    return Candidate(candidate_foundation(kind, address[0]), 1, "UDP", candidate_priority(kind),
+                     address[0], address[1], kind, *(related or (None, None)))
+
+
+def test_default_behind_nat_is_a_private_host_or_a_reflexive_candidate() -> None:
+    def stream(*candidates: Candidate) -> Any:
+        body = serialize_sdp(build_offer(
+            origin=Origin.for_address("127.0.0.1", "1"),
+            credentials=IceCredentials.generate(secrets.token_bytes), candidates=candidates))
+        return stream_endpoints(parse_sdp(body), 0)
+
+    host = _candidate(CandidateType.HOST, ("100.64.0.2", 40000))
+    srflx = _candidate(CandidateType.SRFLX, ("198.51.100.1", 61000), ("100.64.0.2", 40000))
+    assert default_behind_nat(stream(host))  # RFC 6598 address
+    # RFC 8445 5.1.4 makes the srflx the default: the CGN's mapping towards the STUN server,
+    # which an endpoint-dependent CGN does not reuse towards the relay (RFC 4787 4.1).
+    assert stream(host, srflx).default.address == "198.51.100.1"
+    assert default_behind_nat(stream(host, srflx))
+    assert not default_behind_nat(stream(_candidate(CandidateType.HOST, ("127.0.0.1", 40000))))
+    assert not default_behind_nat(stream(_candidate(CandidateType.HOST, ("192.0.2.7", 40000))))
+    # Another operator's relay port sends from the port it announced: exact.
+    relay = _candidate(CandidateType.RELAY, ("192.0.2.11", 50000), ("0.0.0.0", 9))
+    assert stream(host, srflx, relay).default.address == "192.0.2.11"
+    assert not default_behind_nat(stream(host, srflx, relay))
+
+
+class _Mapped(asyncio.DatagramProtocol):
+    """One external port of `SymmetricNat`: admits only its destination (RFC 4787 section 5,
+    address and port-dependent filtering) and hands what it admits to the UE."""
+
+    def __init__(self, destination: tuple[str, int],
+                 inside: asyncio.Queue[tuple[bytes, tuple[str, int]]]) -> None:
+        self.destination = destination
+        self.inside = inside
+        self.transport: asyncio.DatagramTransport | None = None
+        self.filtered = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's UDP transport is a DatagramTransport in behaviour, not by class.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        source = (str(addr[0]), addr[1])
+        if source == self.destination:
+            self.inside.put_nowait((data, source))
+        else:
+            self.filtered += 1
+
+
+class SymmetricNat:
+    """A UE behind an endpoint-dependent ("symmetric") CGN, on loopback: each destination the
+    UE sends to gets its own port on `public` (RFC 4787 section 4.1, address and
+    port-dependent mapping), as the testbed's nftables CGN with fully random ports does."""
+
+    def __init__(self, stack: AsyncExitStack, public: str) -> None:
+        self.stack = stack
+        self.public = public
+        self.ports: dict[tuple[str, int], _Mapped] = {}
+        self.received: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+
+    async def mapping(self, destination: tuple[str, int]) -> tuple[str, int]:
+        """The external endpoint towards `destination` (made on first use)."""
+        mapped = self.ports.get(destination)
+        if mapped is None:
+            _, mapped = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: _Mapped(destination, self.received), local_addr=(self.public, 0))
+            assert mapped.transport is not None
+            self.stack.callback(mapped.transport.close)
+            self.ports[destination] = mapped
+        assert mapped.transport is not None
+        return self.public, int(mapped.transport.get_extra_info("sockname")[1])
+
+    async def send(self, data: bytes, to: tuple[str, int]) -> None:
+        await self.mapping(to)
+        transport = self.ports[to].transport
+        assert transport is not None
+        transport.sendto(data, to)
+
+    async def take(self, count: int, timeout: float = 5.0) -> list[bytes]:
+        return [(await asyncio.wait_for(self.received.get(), timeout))[0] for _ in range(count)]
+
+
+def _behind_cgn(nat_srflx: tuple[str, int], credentials: IceCredentials,
+                offer: bytes | None = None) -> bytes:
+    """A UE's description as the testbed's UEs write it: host 100.64.0.2 (RFC 6598) and the
+    server reflexive candidate a STUN server saw, the default (RFC 8445 section 5.1.4)."""
+    candidates = [_candidate(CandidateType.HOST, (UE_HOST, 40000)),
+                  _candidate(CandidateType.SRFLX, nat_srflx, (UE_HOST, 40000))]
+    origin = Origin.for_address(UE_HOST, "1")
+    if offer is None:
+        return serialize_sdp(build_offer(origin=origin, credentials=credentials,
+                                         candidates=candidates))
+    return serialize_sdp(build_answer(parse_sdp(offer), origin=origin, credentials=credentials,
+                                      candidates=candidates))
+
+
+UE_HOST = "100.64.0.2"
+STUN_SERVER = ("127.0.0.53", 3478)  # nothing listens: only the NAT's mapping towards it counts
+
+
+def test_rfc7362_relays_latch_ues_whose_default_is_their_stun_mapping_of_a_symmetric_cgn(
+        tmp_path: Path) -> None:
+    """Regression (testbed proof c): both CGNs refuse PCP, both operators relay, and each UE's
+    default is its srflx candidate, the mapping its endpoint-dependent CGN made towards the
+    STUN server. Each UE reaches its operator's relay from another port of the CGN, so a relay
+    admitting the srflx exactly dropped every datagram; it must latch on the UE's check."""
+
+    async def main() -> None:
+        async with world(tmp_path, refuse=("alpha", "beta")) as w, AsyncExitStack() as stack:
+            alpha, beta = w.gateways()
+            bill = SymmetricNat(stack, EXTERNAL["alpha"])
+            dave = SymmetricNat(stack, EXTERNAL["beta"])
+            bill_ice = IceCredentials.generate(secrets.token_bytes)
+            dave_ice = IceCredentials.generate(secrets.token_bytes)
+            bill_srflx = await bill.mapping(STUN_SERVER)
+            dave_srflx = await dave.mapping(STUN_SERVER)
+            task, incoming = await _call(w, _behind_cgn(bill_srflx, bill_ice))
+            answer = _behind_cgn(dave_srflx, dave_ice, incoming.request.body)
+            answered = await incoming.accept(answer, SDP)
+            call = await task
+            await asyncio.wait_for(answered.acked.wait(), 5)
+            assert alpha.fallbacks == beta.fallbacks == 1
+            to_alpha = _default(call.remote_body)  # Alpha's relay, caller side
+            beta_relay = stream_endpoints(parse_sdp(incoming.request.body), 0).candidates[-1]
+            to_beta = (beta_relay.address, beta_relay.port)  # Beta's relay, callee side
+            assert to_alpha[0] == "127.0.1.2" and to_beta[0] == "127.0.2.2"
+
+            # The ICE checks (RFC 8445 7.2.2: "<receiver's ufrag>:<sender's ufrag>", signed
+            # with the receiver's password) latch each relay port facing a UE.
+            await bill.send(_check(f"{dave_ice.ufrag}:{bill_ice.ufrag}", dave_ice.pwd), to_alpha)
+            await _until(lambda: alpha.relay.list()[0].caller_latched, "Alpha latched Bill")
+            await dave.send(_check(f"{bill_ice.ufrag}:{dave_ice.ufrag}", bill_ice.pwd), to_beta)
+            [from_dave] = await bill.take(1)  # relayed by Beta, then Alpha, to Bill's latch
+            assert is_binding_request(from_dave, f"{bill_ice.ufrag}:{dave_ice.ufrag}".encode())
+            [alpha_leg] = alpha.relay.list()
+            [beta_leg] = beta.relay.list()
+            assert alpha_leg.caller_peer == await bill.mapping(to_alpha) != bill_srflx
+            assert beta_leg.callee_latched
+            assert beta_leg.callee_peer == await dave.mapping(to_beta) != dave_srflx
+            # The relays face each other exactly (each sends from the port it announced).
+            assert not alpha_leg.callee_latched and not beta_leg.caller_latched
+
+            for n in range(20):
+                await bill.send(b"a %d" % n, to_alpha)
+            assert sorted(await dave.take(20)) == sorted(b"a %d" % n for n in range(20))
+            for n in range(20):
+                await dave.send(b"b %d" % n, to_beta)
+            assert sorted(await bill.take(20)) == sorted(b"b %d" % n for n in range(20))
+            [alpha_leg] = alpha.relay.list()
+            counters = alpha_leg.counters
+            assert (counters.caller_to_callee_datagrams, counters.callee_to_caller_datagrams,
+                    counters.dropped_unpermitted) == (21, 21, 0)
+            assert (await call.bye()).status_code == 200
+            await _until(lambda: _released(alpha, beta), "both relays released")
 
     run(main())
 

@@ -52,8 +52,14 @@ class _RelayPort(asyncio.DatagramProtocol):
             self.allocation_id, self.side, (str(addr[0]), addr[1]), len(data),
             service.loop.time(), data,
         )
-        if destination is not None and self.out is not None:
-            self.out.sendto(data, destination)
+        if destination is not None:
+            if self.out is not None:
+                self.out.sendto(data, destination)
+            if service.table.latches:
+                service.log_latches()
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("relay allocation %s %s port dropped %d bytes from %s", self.allocation_id,
+                      self.side, len(data), addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that is not listening (yet): UDP carries on.
@@ -152,6 +158,11 @@ class RelayService:
         self._arm_timer()
         log.info("relay allocation %s released: %s", allocation_id, allocation.counters)
         return allocation
+
+    def log_latches(self) -> None:
+        for latched in self.table.pop_latches():
+            log.info("relay allocation %s %s port latched its peer at %s", latched.allocation_id,
+                     latched.side, latched.source)
 
     def list(self) -> tuple[RelayAllocation, ...]:
         return self.table.allocations()

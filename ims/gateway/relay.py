@@ -48,6 +48,7 @@ from ims.gateway.errors import GatewayUsageError, RelayCapacityExceeded, Unknown
 __all__ = [
     "Address",
     "AllocationCounters",
+    "Latched",
     "PermittedPeer",
     "RelayAllocation",
     "RelayConfig",
@@ -185,6 +186,16 @@ class RelayAllocation:
         return self.caller_side if side is Side.CALLER else self.callee_side
 
 
+@dataclass(frozen=True)
+class Latched:
+    """A relay port latched its peer: from now on it admits only `source` (and sends the other
+    side's datagrams there). The driver logs these (`RelayTable.pop_latches`)."""
+
+    allocation_id: int
+    side: Side
+    source: Address
+
+
 # RFC 8489 section 5: the magic cookie, the Binding method's request type, and section 14's
 # attribute types the latch reads.
 STUN_MAGIC_COOKIE = 0x2112A442
@@ -231,9 +242,14 @@ def is_binding_request(datagram: bytes, username: bytes, key: bytes | None = Non
 class _Peer:
     """A permitted peer's live state: where it is (latched or not)."""
 
-    __slots__ = ("address", "ice_key", "ice_username", "latch_pending", "latched", "port")
+    __slots__ = ("address", "allocation_id", "events", "ice_key", "ice_username",
+                 "latch_pending", "latched", "port", "side")
 
-    def __init__(self, permitted: PermittedPeer) -> None:
+    def __init__(self, permitted: PermittedPeer, allocation_id: int, side: Side,
+                 events: list[Latched]) -> None:
+        self.allocation_id = allocation_id
+        self.side = side
+        self.events = events  # the table's: where a latch is reported
         self.address = permitted.address
         self.port = permitted.port
         self.latch_pending = permitted.latch
@@ -261,6 +277,7 @@ class _Peer:
         self.port = source[1]
         self.latch_pending = False
         self.latched = True
+        self.events.append(Latched(self.allocation_id, self.side, source))
         return True
 
 
@@ -301,6 +318,8 @@ class RelayTable:
         self.config = config
         self._allocations: dict[int, _Allocation] = {}
         self._next_id = 1
+        # Latches since the driver last asked (`pop_latches`); the hot path only appends.
+        self.latches: list[Latched] = []
 
     def __len__(self) -> int:
         return len(self._allocations)
@@ -348,8 +367,8 @@ class RelayTable:
             self._next_id,
             (self.config.relay_address, caller_port),
             (self.config.relay_address, callee_port),
-            _Peer(caller),
-            _Peer(callee),
+            _Peer(caller, self._next_id, Side.CALLER, self.latches),
+            _Peer(callee, self._next_id, Side.CALLEE, self.latches),
             now + granted,
         )
         self._next_id += 1
@@ -379,11 +398,18 @@ class RelayTable:
                 f"the {side} peer {permitted.address} is not IPv{self.config.version} like the "
                 f"relay address {self.config.relay_address}"
             )
+        state = _Peer(permitted, allocation_id, side, self.latches)
         if side is Side.CALLER:
-            allocation.caller = _Peer(permitted)
+            allocation.caller = state
         else:
-            allocation.callee = _Peer(permitted)
+            allocation.callee = state
         return allocation.view()
+
+    def pop_latches(self) -> tuple[Latched, ...]:
+        """The latches since the last call (the driver logs them), oldest first."""
+        latches = tuple(self.latches)
+        self.latches.clear()
+        return latches
 
     def refresh(self, allocation_id: int, now: float,
                 lifetime: float | None = None) -> RelayAllocation:

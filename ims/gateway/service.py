@@ -27,13 +27,19 @@ The UEs' own candidates are kept (docs/extension.md section 8); the relay candid
 raddr/rport are the unspecified address and the discard port, so the far side learns nothing
 of the path behind the relay (topology hiding, as the border hides Vias).
 
-Latching. A UE behind a CGN writes its private address in SDP (RFC 6598 or RFC 1918 space,
-100.64.0.2 in the testbed) and its datagrams reach the relay from the CGN's public side. A
-relay port whose peer's SDP address is such an address admits nothing until that UE's first
-ICE connectivity check, a STUN Binding request with the USERNAME "RFRAG:LFRAG" of RFC 8445
-section 7.2.2 made of the two ufrags of the offer and the answer and signed with the far
-side's ice-pwd, then only its source (ims.gateway.relay). Any other peer (loopback in the
-embedded default, a public address) is admitted exactly as SDP names it.
+Latching. A UE behind a CGN does not send from the endpoint its SDP's default names. Either
+the default is its host candidate, a private address (RFC 6598 or RFC 1918 space, 100.64.0.2
+in the testbed), or it is its server reflexive candidate (the default RFC 8445 section 5.1.4
+prefers when the UE has a STUN server): the CGN's mapping towards the STUN server, which an
+endpoint-dependent ("symmetric") CGN does not reuse towards the relay (RFC 4787 section 4.1),
+so the relay sees another port of the same public address. A relay port whose peer's default
+is either kind (`default_behind_nat`) admits nothing until that UE's first ICE connectivity
+check, a STUN Binding request with the USERNAME "RFRAG:LFRAG" of RFC 8445 section 7.2.2 made
+of the two ufrags of the offer and the answer and signed with the far side's ice-pwd, then
+only its source (ims.gateway.relay). Any other peer (a host candidate on loopback in the
+embedded default or on a public address, another operator's relay port) is admitted exactly as
+SDP names it: a relay sends from the port it announced, and latching there would let a UE's
+direct check to the far operator's relay capture the port meant for the near one.
 
 Release: the S-CSCF calls `release` on the BYE, on a final non-2xx for every branch of the
 INVITE (a CANCEL ends as 487), and when the request is refused after `prepare`; the relay
@@ -64,6 +70,7 @@ from ims.sdp import (
     Candidate,
     CandidateType,
     IceCredentials,
+    NegotiatedStream,
     SdpError,
     SdpProtocolError,
     SessionDescription,
@@ -84,6 +91,7 @@ __all__ = [
     "OpenLeg",
     "RelayGateway",
     "behind_nat",
+    "default_behind_nat",
     "sdp_description",
     "session_expires",
 ]
@@ -109,6 +117,31 @@ def behind_nat(address: str) -> bool:
     except ValueError:
         return False
     return any(ip.version == net.version and ip in net for net in _BEHIND_NAT)
+
+
+def default_behind_nat(stream: NegotiatedStream) -> bool:
+    """Whether the description's default (c=/m=) is not where its writer's datagrams come
+    from, so a relay port facing it must latch: a private address (`behind_nat`), or a server
+    reflexive or peer reflexive candidate, a NAT's mapping towards someone else (RFC 4787
+    section 4.1: an endpoint-dependent NAT maps each destination to its own port). A host
+    candidate on a public or loopback address, a relay candidate and a default without ICE
+    candidates on such an address are taken as written."""
+    default = stream.default
+    if behind_nat(default.address):
+        return True
+    address = _canonical(default.address)
+    for candidate in stream.candidates:
+        if candidate.component == 1 and candidate.port == default.port \
+                and _canonical(candidate.address) == address:
+            return candidate.type in (CandidateType.SRFLX, CandidateType.PRFLX)
+    return False
+
+
+def _canonical(address: str) -> str:
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).compressed
+    except ValueError:
+        return address.lower()
 
 
 def session_expires(message: Request | Response) -> int | None:
@@ -200,6 +233,7 @@ class _LegState:
     allocation_id: int
     lifetime: float
     caller_peer: PermittedPeer  # the offer's default, as this leg saw it
+    caller_latches: bool  # that default is not where the caller sends from (behind a NAT)
     caller_credentials: IceCredentials | None  # the offer's ice-ufrag/ice-pwd (the caller's)
     answer_candidate: Candidate | None = None  # what `complete` adds, once known
 
@@ -277,7 +311,7 @@ class RelayGateway:
         self.allocations_made += 1
         self._calls.setdefault(request.call_id, []).append(_LegState(
             request.leg, request.caller, request.callee, allocation.id, lifetime, caller_peer,
-            stream.credentials,
+            default_behind_nat(stream), stream.credentials,
         ))
         candidate = self._candidate(allocation.callee_side)
         rewritten = add_candidate(offer, candidate, media_index=index, make_default=make_default)
@@ -307,13 +341,19 @@ class RelayGateway:
                     stream = stream_endpoints(answer, index)
                     default = stream.default
                     ours, theirs = state.caller_credentials, stream.credentials
-                    if behind_nat(state.caller_peer.address):
+                    caller = state.caller_peer
+                    if state.caller_latches:
                         # The caller's checks name the callee's ufrag first, signed with the
                         # callee's password (RFC 8445 section 7.2.2).
-                        self.table.permit(state.allocation_id, Side.CALLER, _latching(
-                            state.caller_peer.address, state.caller_peer.port, theirs, ours))
-                    self.table.permit_callee(state.allocation_id, _latching(
-                        default.address, default.port, ours, theirs))
+                        caller = _latching(caller.address, caller.port, theirs, ours)
+                        self.table.permit(state.allocation_id, Side.CALLER, caller)
+                    callee = (_latching(default.address, default.port, ours, theirs)
+                              if default_behind_nat(stream)
+                              else PermittedPeer(default.address, default.port))
+                    self.table.permit_callee(state.allocation_id, callee)
+                    logger.info("gateway %s: Call-ID %s %s leg: relay %s admits the caller %s, "
+                                "the callee %s", self.name, call_id, state.leg,
+                                state.allocation_id, _admits(caller), _admits(callee))
                     if lifetime is not None:
                         state.lifetime = float(lifetime)
                     self.table.refresh(state.allocation_id, self.relay.loop.time(),
@@ -411,17 +451,23 @@ class RelayGateway:
 
 def _latching(address: str, port: int, far: IceCredentials | None,
               near: IceCredentials | None) -> PermittedPeer:
-    """The peer a relay port admits: exactly `address`:`port`, or, for a UE behind a CGN,
+    """The peer a relay port admits when it faces a UE behind a NAT (`default_behind_nat`):
     whoever first sends the ICE check "<far ufrag>:<near ufrag>" signed with the far side's
     password (RFC 8445 section 7.2.2); without ICE credentials, RFC 7362's address latch."""
-    if not behind_nat(address):
-        return PermittedPeer(address, port)
     if far is None or near is None:
         logger.info("relay peer %s:%s is behind a NAT but without ICE: latching on its address",
                     address, port)
         return PermittedPeer(address, port, latch=True)
     return PermittedPeer(address, port, ice_username=f"{far.ufrag}:{near.ufrag}",
                          ice_password=far.pwd)
+
+
+def _admits(peer: PermittedPeer) -> str:
+    """A permitted peer as the log shows it."""
+    where = _show((peer.address, peer.port))
+    if peer.ice_username is not None:
+        return f"{where} latching on the ICE check {peer.ice_username}"
+    return f"{where} latching on its first datagram" if peer.latch else f"{where} exactly"
 
 
 def sdp_description(message: Request | Response) -> SessionDescription | Refusal | None:
