@@ -46,7 +46,12 @@ def test_demo_exits_zero_and_reports_each_step(tmp_path: Path) -> None:
     assert re.search(r"RTT per datagram \(\d+ samples.*p50 [\d.]+ ms, p95 [\d.]+ ms",
                      result.stdout)  # fmt: skip
     assert re.search(r"Bill \d+ : \d+ Dave after 200 ticks", result.stdout)
-    assert "every relay leg and socket released" in result.stdout
+    assert "every PCP mapping and relay released" in result.stdout
+    # The UE API carried it: connect() gave the Connection over the relay path (transport
+    # policy "relay" on loopback), the game ran over it, close() sent the BYE.
+    assert "the ICE checks chose the relay path" in result.stdout
+    assert "connect() gave the Connection in" in result.stdout
+    assert "Connection.close() sent BYE" in result.stdout
     assert "FAIL" not in result.stdout
     # Each step prints the time since the start and its own duration.
     assert len(re.findall(r"\[ *[\d.]+ ms\] ok   .* \([\d.]+ ms\)", result.stdout)) == 8
@@ -136,7 +141,9 @@ def test_demo_json_deny_is_a_603_cause_2_refusal_that_leaves_nothing_open(
     assert set(doc) == KEYS | {"refusal"}
     assert doc["ok"] is True and all(step["ok"] for step in doc["steps"])
     assert doc["permission"] == "denied"
-    assert doc["refusal"] == {"status": 603, "reason": "Decline (denied by the callee)"}
+    # The UE API's typed refusal: Bill's connect() raised DeniedByCallee.
+    assert doc["refusal"] == {"status": 603, "reason": "Decline (denied by the callee)",
+                              "cause": 2, "error": "DeniedByCallee"}
     assert doc["path"] is None and doc["connected"] is False and doc["setup_ms"] is None
     assert doc["datagrams"]["bill_to_dave"]["received"] == 0
     assert doc["leaked"] == NOTHING_LEAKED
@@ -174,13 +181,38 @@ def test_demo_unassisted_without_testbed_exits_2_saying_why(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()  # nothing was started
 
 
-def test_demo_testbed_is_not_available_yet_and_says_what_is_missing(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ims", "demo", "--out", str(tmp_path / "out"), "--testbed"],
-        cwd=ROOT, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "--testbed` is not available yet" in result.stderr and "missing" in result.stderr
+def _args(*argv: str) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    demo.register(parser.add_subparsers())
+    return parser.parse_args(["demo", *argv])
+
+
+def test_demo_testbed_without_root_exits_2_naming_the_need_for_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    problem = demo._cannot_run(_args("--testbed", "--out", str(tmp_path / "out")))
+    assert problem == demo.TESTBED_NEEDS_ROOT and "--testbed needs root" in problem
+    assert demo._demo(_args("--testbed", "--json", "--out", str(tmp_path / "out"))) == 2
+    assert not (tmp_path / "out").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--nat", "eim"], "--nat, --prefix and --state-dir go with --testbed only"),
+     (["--prefix", "uec-x-"], "go with --testbed only"),
+     (["--testbed", "--serve"], "--serve runs the embedded world only"),
+     (["--testbed", "--play"], "--play runs on the embedded default only"),
+     (["--scenario", "unassisted"], "the unassisted scenario needs --testbed (root)")],
+)  # fmt: skip
+def test_demo_options_that_cannot_run_here_say_why(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)  # past the root check, to the next one
+    problem = demo._cannot_run(_args(*argv))
+    assert problem is not None and message in problem, problem
 
 
 def test_demo_serve_prints_the_credentials_and_stops_on_sigint(tmp_path: Path) -> None:
@@ -235,6 +267,7 @@ def test_a_refused_connect_names_the_step_the_element_and_the_response(
     # docs/extension.md section 7: the permission function (in Beta's S-CSCF) refuses, 603.
     assert why.startswith("Beta S-CSCF answered 603 Decline (denied by the callee)"), why
     assert "cause=2" in why
+    assert "the UE API raised DeniedByCallee" in why
     assert "skip Bill and Dave play pong" in out and "skip Bill ends the session" in out
     assert f'step "{step}" failed: Beta S-CSCF answered 603' in err
 
