@@ -6,7 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from bench import Benchmark, dns_locator, operator_rates, proxy_cps, relay_rate, sip_parse
+from bench import (
+    Benchmark,
+    dns_locator,
+    operator_rates,
+    proxy_cps,
+    relay_rate,
+    setup_time,
+    sip_parse,
+)
 
 # The registry: add a benchmark module's BENCHMARK here and `python3 -m bench` runs it.
 BENCHMARKS: tuple[Benchmark, ...] = (
@@ -15,6 +23,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     dns_locator.BENCHMARK,
     operator_rates.BENCHMARK,
     relay_rate.BENCHMARK,
+    setup_time.BENCHMARK,
 )
 
 

@@ -23,7 +23,22 @@ Two measures, each bounded in datagrams and time:
   datagram (user + system, /proc). When A could not keep up, the figure is a lower bound and
   the output says "generator-bound".
 
-Everything listens and sends on 127.0.0.1 only.
+The `kernel` subject (root only; listed as skipped with the reason otherwise) is the testbed's
+kernel relay, `ims.gateway.nft_relay.NftRelayDataPlane`: nftables DNAT/SNAT rules forward the
+flow, no process touches a datagram. It gives two rows:
+- `kernel-routed`: A -> B routed by the relay host R, no relay rules (the floor of that bed);
+- `kernel`: A -> R:Pa -> B through the installed flow (B answers to R:Pb).
+Unlike the other subjects, which use loopback in this namespace, it runs in namespaces of its
+own (`nft_relay.RelayBed`: A, B and R, A and B each on a veth pair to R), so a datagram
+crosses two veths and R's routing; its "added per datagram" is relative to `kernel-routed`,
+not to `direct`. The generator is the same (the same functions, one Python process, the same
+payload size, the same ramp and verdicts): the sockets are merely made inside A's and B's
+namespaces. There is no relay CPU figure: the kernel forwards in softirq context, charged to
+no process. Beside the ramp, `nft_relay.measure_forwarding_rate` sends a burst as fast as one
+sender can, through the relay and routed (`burst` in the output and the JSON).
+
+Everything else listens and sends on 127.0.0.1 only; the kernel subject only inside the
+namespaces it creates (prefix `uecr-rr`), removed after the run, also after a failure.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -50,10 +66,15 @@ from typing import cast
 
 from bench import BenchConfigError, BenchError, Benchmark
 from bench.machine import machine_facts
+from ims.gateway.nft_relay import NftRelayDataPlane, RelayBed, measure_forwarding_rate
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SUBJECT_NAMES = ("direct", "ueconnect", "coturn")
+SUBJECT_NAMES = ("direct", "ueconnect", "coturn", "kernel")
+# The row each subject's added latency is measured against (default: `direct`).
+BASELINES = {"kernel": "kernel-routed"}
+KERNEL_BURST_DATAGRAMS = 20_000
+KERNEL_RELAY_PORTS = (40000, 40001)  # R:Pa faces A, R:Pb faces B
 SOCKET_BUFFER_BYTES = 4 << 20
 TURN_USER, TURN_PASSWORD, TURN_REALM = "bench", "bench-password", "bench.invalid"
 CHANNEL = 0x4000  # the first TURN channel number (RFC 8656 section 12)
@@ -130,6 +151,9 @@ class SubjectResult:
     cpu_us_per_datagram: float | None = None
     ended: str = ""
     steps: tuple[tuple[RateStep, str], ...] = ()
+    # kernel subject only: `nft_relay.measure_forwarding_rate`, a burst as fast as one sender
+    burst_rate: float | None = None
+    burst_loss: float | None = None
 
 
 # --- the generator (A and B in this process, non-blocking sockets) ---------------------------
@@ -137,9 +161,14 @@ class SubjectResult:
 
 def _udp_socket() -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    return _for_generator(sock)
+
+
+def _for_generator(sock: socket.socket) -> socket.socket:
+    """The buffers and mode every generator socket has, whichever namespace it was made in."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER_BYTES)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER_BYTES)
-    sock.bind((LOOPBACK, 0))
     sock.setblocking(False)
     return sock
 
@@ -402,6 +431,90 @@ def _channel_header(length: int) -> bytes:
     return struct.pack("!HH", CHANNEL, length)
 
 
+def kernel_missing() -> str | None:
+    """Why the kernel subject cannot run here, or None."""
+    if sys.platform != "linux":
+        return "the kernel relay needs Linux (network namespaces, nftables)"
+    if os.geteuid() != 0:
+        return ("needs root: the kernel relay runs in network namespaces of its own with "
+                "nftables rules (run `sudo python3 -m bench relay_rate`)")
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack"),
+                          ("sysctl", "procps")):
+        if shutil.which(tool) is None:
+            return f"'{tool}' is not installed (Debian package {package})"
+    return None
+
+
+@contextlib.contextmanager
+def kernel_bed(prefix: str) -> Iterator[tuple[RelayBed, socket.socket, socket.socket]]:
+    """A RelayBed and the generator's A and B sockets bound in its namespaces."""
+    with RelayBed.create(prefix) as bed:
+        a = _for_generator(bed.udp_socket(bed.a, bed.peer_a_ip))
+        try:
+            b = _for_generator(bed.udp_socket(bed.b, bed.peer_b_ip))
+        except BaseException:
+            a.close()
+            raise
+        try:
+            yield bed, a, b
+        finally:
+            a.close()
+            b.close()
+
+
+def measure_kernel(settings: RelaySettings, report: Callable[[str], None], *,
+                   prefix: str | None = None,
+                   burst_datagrams: int = KERNEL_BURST_DATAGRAMS) -> tuple[SubjectResult, ...]:
+    """The `kernel` subject: `kernel-routed` then `kernel` (see the module text), each
+    through the same generator, plus a burst of `burst_datagrams` through
+    `measure_forwarding_rate` (0: none). Skipped results when root or a tool is missing."""
+    missing = kernel_missing()
+    if missing:
+        return (SubjectResult("kernel", skipped=missing),)
+    from ims.gateway.errors import GatewayError
+    from ims.testbed.errors import TestbedError
+
+    prefix = prefix or f"uecr-rr{os.getpid() % 100_000}"
+    results: list[SubjectResult] = []
+    try:
+        with kernel_bed(prefix) as (bed, a, b):
+            a_addr, b_addr = a.getsockname(), b.getsockname()
+            routed = run_measures(Path_(a, b, b_addr, a_addr, b"", 0, None),
+                                  "kernel-routed", settings, report)
+            results.append(_with_burst(routed, bed, settings, burst_datagrams, False, report))
+            pa, pb = KERNEL_RELAY_PORTS
+            with NftRelayDataPlane(bed.r, table="ueconnect_relay_bench") as plane:
+                plane.reset()
+                plane.install("relay-rate", bed.relay_ip, pa, a_addr, pb, b_addr)
+                relayed = run_measures(Path_(a, b, (bed.relay_ip, pa), (bed.relay_ip, pb),
+                                             b"", 0, None), "kernel", settings, report)
+                counters = plane.counters("relay-rate")
+                report(f"  kernel: the relay's rules forwarded {counters.a_to_b_datagrams} "
+                       f"A->B and {counters.b_to_a_datagrams} B->A datagrams")
+                if counters.a_to_b_datagrams == 0:
+                    relayed = dataclasses.replace(
+                        relayed, ended="error: the kernel relay's rules counted no datagram "
+                                       "(the flow did not go through them)")
+            results.append(_with_burst(relayed, bed, settings, burst_datagrams, True, report))
+    except (BenchError, GatewayError, TestbedError, OSError) as error:
+        done = {r.subject for r in results}
+        results += [SubjectResult(name, ended=f"error: {error}")
+                    for name in ("kernel-routed", "kernel") if name not in done]
+    return tuple(results)
+
+
+def _with_burst(result: SubjectResult, bed: RelayBed, settings: RelaySettings, datagrams: int,
+                through_relay: bool, report: Callable[[str], None]) -> SubjectResult:
+    if not datagrams or result.ended.startswith("error"):
+        return result
+    burst = measure_forwarding_rate(datagrams, settings.payload_bytes,
+                                    through_relay=through_relay, bed=bed)
+    report(f"  {result.subject}: burst of {burst.sent} as fast as one sender: "
+           f"{burst.datagrams_per_second:,.0f}/s delivered, {burst.loss:.2%} lost")
+    return dataclasses.replace(result, burst_rate=burst.datagrams_per_second,
+                               burst_loss=burst.loss)
+
+
 def measure(name: str, settings: RelaySettings, workdir: Path,
             report: Callable[[str], None]) -> SubjectResult:
     if name == "coturn":
@@ -451,7 +564,7 @@ async def serve_relay(peers: Sequence[Sequence[object]]) -> None:
 
 
 def markdown_table(results: Sequence[SubjectResult]) -> str:
-    direct = next((r for r in results if r.subject == "direct" and r.rtt_median_us), None)
+    medians = {r.subject: r.rtt_median_us for r in results if r.rtt_median_us}
     lines = ["| subject | RTT median µs | RTT p99 µs | added per datagram µs | max clean datagrams/s "
              "| relay CPU µs/datagram | ended because |",
              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -459,13 +572,24 @@ def markdown_table(results: Sequence[SubjectResult]) -> str:
         if r.skipped:
             lines.append(f"| {r.subject} | | | | | | skipped: {r.skipped} |")
             continue
-        added = ("" if direct is None or r.rtt_median_us is None or r is direct
-                 else f"{(r.rtt_median_us - (direct.rtt_median_us or 0)) / 2:.0f}")
+        base = medians.get(BASELINES.get(r.subject, "direct"))
+        added = ("" if base is None or r.rtt_median_us is None or r.subject in _FLOORS
+                 else f"{(r.rtt_median_us - base) / 2:.0f}")
         lines.append(
             f"| {r.subject} | {_n(r.rtt_median_us)} | {_n(r.rtt_p99_us)} | {added} "
             f"| {_n(r.best_rate)} | {_n(r.cpu_us_per_datagram, 1)} | {r.ended} |"
         )
     return "\n".join(lines)
+
+
+_FLOORS = {"direct", *BASELINES.values()}
+
+
+def burst_lines(results: Sequence[SubjectResult]) -> list[str]:
+    """One line per result that has a burst figure (the kernel subject's)."""
+    return [f"{r.subject}: burst (`measure_forwarding_rate`) {_n(r.burst_rate)} datagrams/s "
+            f"delivered, {r.burst_loss or 0:.2%} lost"
+            for r in results if r.burst_rate is not None]
 
 
 def _n(value: float | None, digits: int = 0) -> str:
@@ -478,6 +602,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--payload", type=int, default=RelaySettings.payload_bytes)
     parser.add_argument("--max-rate", type=int, default=RelaySettings.max_rate)
     parser.add_argument("--step-seconds", type=float, default=RelaySettings.step_seconds)
+    parser.add_argument("--burst", type=int, default=KERNEL_BURST_DATAGRAMS,
+                        help="kernel subject: datagrams of the burst (0: none)")
     parser.add_argument("--json", type=Path, help="also write the results here")
 
 
@@ -489,12 +615,16 @@ def run(args: argparse.Namespace) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as scratch:
         for name in args.subjects:
-            result = measure(name, settings, Path(scratch), report=_say)
-            if result.skipped:
-                _say(f"  {name}: skipped: {result.skipped}")
-            results.append(result)
+            measured = (measure_kernel(settings, _say, burst_datagrams=args.burst)
+                        if name == "kernel" else (measure(name, settings, Path(scratch), _say),))
+            for result in measured:
+                if result.skipped:
+                    _say(f"  {result.subject}: skipped: {result.skipped}")
+                results.append(result)
     print()
     print(markdown_table(results))
+    for line in burst_lines(results):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps({
             "machine": facts, "settings": asdict(settings),
@@ -514,7 +644,8 @@ BENCHMARK = Benchmark(
     run=run,
 )
 
-__all__ = ["BENCHMARK", "RelaySettings", "SubjectResult", "measure", "serve_relay"]
+__all__ = ["BENCHMARK", "RelaySettings", "SubjectResult", "kernel_missing", "measure",
+           "measure_kernel", "serve_relay"]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,102 @@
+"""bench/setup_time.py: the figures it computes, its refusal without root, and (root) a tiny run
+of the direct scenario in the namespace testbed."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bench import BenchConfigError
+from bench.__main__ import BENCHMARKS, main
+from bench.setup_time import (
+    ScenarioResult,
+    SetupSample,
+    SetupSettings,
+    Spread,
+    markdown_table,
+    missing_requirement,
+    netem_banner,
+)
+
+
+def _sample(total: float, path: str = "direct") -> SetupSample:
+    return SetupSample(total_ms=total, gather_ms=1.0, sip_ms=total / 2, ice_ms=total / 4,
+                       first_datagram_ms=total / 4 - 1, callee_ready_ms=total, path=path,
+                       client_setup_ms=total * 3 / 4)
+
+
+def test_registered() -> None:
+    assert "setup_time" in {b.name for b in BENCHMARKS}
+
+
+def test_nearest_rank_percentiles() -> None:
+    spread = Spread.of([float(n) for n in range(20, 0, -1)])
+    assert (spread.p50, spread.p95, spread.max) == (10.0, 19.0, 20.0)
+    assert Spread.of([7.0]) == Spread(7.0, 7.0, 7.0)
+
+
+def test_settings_are_bounded() -> None:
+    with pytest.raises(BenchConfigError):
+        SetupSettings(connections=0)
+    with pytest.raises(BenchConfigError):
+        SetupSettings(connections=201)
+    with pytest.raises(BenchConfigError, match="scenarios"):
+        SetupSettings(scenarios=("teleport",))
+
+
+def test_table_reports_each_path_and_failures() -> None:
+    result = ScenarioResult("direct", "d", attempted=3, samples=(_sample(100), _sample(300)),
+                            failures=("#2: TimeoutError: ",), ended="3 connections")
+    table = markdown_table([result])
+    row = table.splitlines()[2]
+    assert row.startswith("| direct | 2/3 | 100.0 | 300.0 | 300.0 |")
+    assert "| 1 | direct: 2 |" in row
+    assert result.as_json()["spread"]["total_ms"] == {"p50": 100.0, "p95": 300.0, "max": 300.0}
+
+
+def test_netem_unavailable_is_said_loudly() -> None:
+    loud = netem_banner("unavailable: no sch_netem")
+    assert "NETEM UNAVAILABLE" in loud and "NO added link delay" in loud
+    assert netem_banner("10 ms on egress of alpha-ue:eth0") == (
+        "netem: 10 ms on egress of alpha-ue:eth0")
+
+
+def test_without_root_exits_2_saying_so(monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["setup_time", "--connections", "1"]) == 2
+    assert "needs root" in capsys.readouterr().err
+
+
+def _skip_reason() -> str | None:
+    missing = missing_requirement()
+    if missing:
+        return missing
+    from ims.testbed.world import pcp_gateway_available
+
+    if not pcp_gateway_available():
+        return "needs [gateway] mode pcp (ims/gateway/pcp_gateway.py), not in this tree yet"
+    return None
+
+
+@pytest.mark.root
+def test_direct_scenario_in_the_testbed(tmp_path: Path) -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "setup.json"
+    status = main(["setup_time", "--connections", "2", "--scenarios", "direct",
+                   "--setup-timeout", "5", "--json", str(out)])
+    report = json.loads(out.read_text())
+    [direct] = report["results"]
+    assert status == 0, direct
+    assert report["netem"].startswith(("unavailable: ", "10 ms"))
+    assert direct["paths"] == {"direct": 2} and direct["failures"] == []
+    for sample in direct["samples"]:
+        parts = (sample["gather_ms"] + sample["sip_ms"] + sample["ice_ms"]
+                 + sample["first_datagram_ms"])
+        assert sample["total_ms"] == pytest.approx(parts)
+        assert sample["sip_ms"] > 0 and sample["ice_ms"] > 0 and sample["first_datagram_ms"] > 0
