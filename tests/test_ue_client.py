@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from ims.embedded import EmbeddedWorld
+from ims.extension import OPTION_TAG, TARGET_MNO, parse_target_mno
 from ims.permission.bodies import Inquiry
 from ims.permission.outcomes import Decision, Outcome, response_of
 from ims.sdp import (
@@ -23,13 +24,14 @@ from ims.sdp import (
     IceCredentials,
     Origin,
     build_answer,
+    build_offer,
     candidate_foundation,
     candidate_priority,
     parse_sdp,
     serialize_sdp,
 )
 from ims.sip.uri import SipUri, TelUri
-from ims.sip.useragent import IncomingCall, UserAgent
+from ims.sip.useragent import Call, IncomingCall, UserAgent
 from ue_ua.agent import UeAgent
 from ue_ua.client import UeClient, UeConfig, peer_uri
 from ue_ua.connection import Connection
@@ -46,7 +48,7 @@ from ue_ua.errors import (
     UnknownOperator,
     refusal_of,
 )
-from ue_ua.ice import PathChanged
+from ue_ua.ice import IceAgent, PathChanged
 
 DAVE_E164 = "+15550100002"
 BETA = "001-02"
@@ -122,6 +124,16 @@ def test_bill_connects_to_dave_through_both_relays(tmp_path: Path) -> None:
             assert peer.path.remote[0].startswith("127.0.2.")  # Beta's
             assert conn.path.local[0] == peer.path.local[0] == "127.0.0.1"
             assert 0 < conn.setup_ms < 10_000 and 0 < peer.setup_ms < 10_000
+            # The split (SetupTimings): the caller's parts follow each other; the callee
+            # gathers while answering, so its gather lies inside its signalling.
+            bill_t, dave_t = conn.timings, peer.timings
+            assert min(bill_t.gather_ms, bill_t.signalling_ms, bill_t.checks_ms) > 0
+            assert min(dave_t.gather_ms, dave_t.signalling_ms, dave_t.checks_ms) > 0
+            assert bill_t.gather_ms + bill_t.signalling_ms + bill_t.checks_ms <= conn.setup_ms
+            assert dave_t.gather_ms < dave_t.signalling_ms
+            assert dave_t.signalling_ms + dave_t.checks_ms <= peer.setup_ms
+            # Dave's INVITE -> 200 is a part of Bill's INVITE -> 2xx.
+            assert dave_t.signalling_ms < bill_t.signalling_ms
             assert "+15550100001" in peer.peer and conn.role == "caller"
             legs = [op.gateway.open_legs() for op in world.operators.values() if op.gateway]
             assert [len(held) for held in legs] == [1, 1]  # one relay leg at each operator
@@ -259,6 +271,114 @@ def test_setup_timeout_is_connectivity_failed_and_releases(tmp_path: Path) -> No
                 silent.close()
                 await bill.close()
                 await agent.close()
+                await dave.close()
+
+    run(main())
+
+
+@asynccontextmanager
+async def silent_bill(world: EmbeddedWorld) -> AsyncIterator[Callable[[], Awaitable[Call]]]:
+    """Bill as a UE whose ICE socket never answers a check: a raw user agent, registered with
+    `Supported: ueconnect`, whose offer has one host candidate on a silent socket. Yields
+    what calls Dave (returns the confirmed call)."""
+    sub = world.subscriber("Bill")
+    ua = UserAgent(SipUri(host=sub.domain, user=sub.e164), outbound_proxy=world.pcscf("Alpha"))
+    await ua.start()
+    agent = UeAgent(ua, home_domain=sub.domain)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    host, port = silent.getsockname()
+
+    async def call_dave() -> Call:
+        offer = build_offer(
+            origin=Origin.for_address(host, "1"),
+            credentials=IceCredentials.generate(secrets.token_bytes),
+            candidates=[Candidate(candidate_foundation("host", host), 1, "UDP",
+                                  candidate_priority("host"), host, port, CandidateType.HOST)])
+        extra = [("Require", OPTION_TAG), ("Supported", OPTION_TAG),
+                 (TARGET_MNO, str(parse_target_mno(BETA)))]
+        return await ua.call(peer_uri(DAVE_E164), extra=extra, body=serialize_sdp(offer),
+                             content_type="application/sdp")
+
+    try:
+        await agent.register(SipUri(host=sub.domain), username=sub.impi, password=sub.password)
+        yield call_dave
+    finally:
+        silent.close()
+        await agent.close()
+        await ua.close()
+
+
+def test_callee_checks_failing_reach_the_app(tmp_path: Path) -> None:
+    # Dave's checks fail (Bill never answers one): Dave ends the session and his app is told,
+    # through accept() (queue style) or on_incoming_failed(peer, error) when set.
+    async def main() -> None:
+        async with EmbeddedWorld.start(tmp_path / "world", trace=False) as world:
+            dave = await UeClient.start(config(world, "Dave", setup_timeout=0.5),
+                                        ask=answering(Decision.ALLOW))
+            try:
+                await dave.register()
+                async with silent_bill(world) as call_dave:
+                    call = await call_dave()
+                    with pytest.raises(ConnectivityFailed) as caught:
+                        await dave.accept(timeout=5)
+                    assert caught.value.peer is not None and "+15550100001" in caught.value.peer
+                    assert "incoming from" in str(caught.value) and "pairs tried" in str(
+                        caught.value)
+                    await asyncio.wait_for(call.ended.wait(), 5)  # Dave's BYE
+                    assert dave.connections == set()
+
+                    failed: asyncio.Queue[tuple[str, ConnectivityFailed]] = asyncio.Queue()
+                    accepted: list[Connection] = []
+                    dave.on_incoming = accepted.append
+                    dave.on_incoming_failed = lambda peer, error: failed.put_nowait(
+                        (peer, error))
+                    call = await call_dave()
+                    peer, error = await asyncio.wait_for(failed.get(), 5)
+                    assert "+15550100001" in peer and error.peer == peer
+                    assert error.pairs_tried >= 1 and error.timeout == 0.5
+                    await asyncio.wait_for(call.ended.wait(), 5)
+                    assert accepted == [] and dave._incoming.empty()
+                    assert await released(world) == 0
+            finally:
+                await dave.close()
+
+    run(main())
+
+
+def test_closing_mid_checks_closes_the_incoming_ice_socket(tmp_path: Path) -> None:
+    # Dave's UE closes while an incoming session is still in its checks: the session's ICE
+    # socket is closed and the session ended (BYE), so the operators release it.
+    async def main() -> None:
+        async with EmbeddedWorld.start(tmp_path / "world", trace=False) as world:
+            dave = await UeClient.start(config(world, "Dave", setup_timeout=30),
+                                        ask=answering(Decision.ALLOW))
+            agents: list[IceAgent] = []
+            make_agent = dave._ice
+
+            def recorded(*, controlling: bool) -> IceAgent:
+                agents.append(make_agent(controlling=controlling))
+                return agents[-1]
+
+            dave._ice = recorded  # type: ignore[method-assign]
+            try:
+                await dave.register()
+                async with silent_bill(world) as call_dave:
+                    call = await call_dave()  # Dave answered 200 and now checks, in vain
+                    (agent,) = agents
+                    (local,) = agent.local_candidates
+                    await asyncio.sleep(0.1)
+                    assert not agent.closed
+                    await asyncio.wait_for(dave.close(), 10)
+                    assert agent.closed
+                    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    try:
+                        probe.bind((local.address, local.port))  # EADDRINUSE if still open
+                    finally:
+                        probe.close()
+                    await asyncio.wait_for(call.ended.wait(), 5)  # Dave's BYE
+                    assert await released(world) == 0
+            finally:
                 await dave.close()
 
     run(main())

@@ -57,6 +57,8 @@ class Forwarder(asyncio.DatagramProtocol):
         self.other: Forwarder | None = None
         self.peer: tuple[str, int] | None = None
         self.count = 0
+        self.closed = False  # the path is not open yet: what the permitted peer sends is lost
+        self.dropped = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
@@ -64,6 +66,9 @@ class Forwarder(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if addr != self.peer or self.other is None or self.other.transport is None:
             return  # only the permitted peer gets through
+        if self.closed:
+            self.dropped.set()
+            return
         self.count += 1
         assert self.other.peer is not None
         self.other.transport.sendto(data, self.other.peer)
@@ -245,6 +250,38 @@ def test_relay_policy_answers_no_check_from_outside_the_relays() -> None:
         for agent in (a, b):
             await agent.close()
         for side in (facing_a, facing_b):
+            assert side.transport is not None
+            side.transport.close()
+
+    run(main())
+
+
+def test_rfc8445_7_3_1_4_a_check_on_an_in_progress_pair_triggers_a_check_at_once() -> None:
+    # The testbed's case: the callee checks before the path is open (the caller's operator has
+    # not opened it yet), so its first check is lost. When the caller's nominating check then
+    # arrives on that pair, the callee checks again at once (a triggered check) instead of
+    # waiting for its retransmission (RTO 500 ms, RFC 8489 section 6.2.1).
+    async def main() -> None:
+        caller, callee = await pair("relay", "relay")  # controlling, controlled
+        facing_callee, facing_caller = await relay_between(host_of(callee), host_of(caller))
+        await callee.set_remote(caller.credentials, [
+            candidate(CandidateType.RELAY, *facing_callee.address)])
+        await caller.set_remote(callee.credentials, [
+            candidate(CandidateType.RELAY, *facing_caller.address)])
+        facing_callee.closed = True
+        checking = asyncio.ensure_future(callee.connect(5))
+        await asyncio.wait_for(facing_callee.dropped.wait(), 2)  # its first check is lost
+        facing_callee.closed = False  # the path opens
+        opened = time.monotonic()
+        path = await caller.connect(5)
+        assert (await checking).kind == path.kind == "relay"
+        waited = time.monotonic() - opened
+        # Without the triggered check the callee completes only with its retransmission,
+        # RETRY_RTO after its lost first check.
+        assert waited < 0.4 * stun.RETRY_RTO, f"{waited * 1000:.0f} ms after the path opened"
+        for agent in (callee, caller):
+            await agent.close()
+        for side in (facing_callee, facing_caller):
             assert side.transport is not None
             side.transport.close()
 

@@ -20,7 +20,8 @@ candidates and the checks run, this UE controlling (RFC 8445 section 6.1.1: the 
 An incoming INVITE reaches this UE only after its operator's permission flow (the rule book,
 else the `ask` callback, sections 5 and 6); the client answers 200 with its candidates, runs
 the checks as the controlled agent and hands the connection to `on_incoming`, or queues it
-for `accept()`.
+for `accept()`. When the checks fail, the session is ended (BYE) and the ConnectivityFailed
+goes to `on_incoming_failed`, or else `accept()` raises it.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from ims.sip.registration import Registered
 from ims.sip.uri import SipUri, Uri, parse_uri
 from ims.sip.useragent import Call, CallFailed, IncomingCall, RegistrationError, UserAgent
 from ue_ua.agent import AskCallback, UeAgent
-from ue_ua.connection import Connection
+from ue_ua.connection import Connection, SetupTimings
 from ue_ua.errors import (
     ConnectivityFailed,
     InvalidAnswer,
@@ -65,7 +66,7 @@ from ue_ua.errors import (
 from ue_ua.ice import TRANSPORT_POLICIES, IceAgent, TransportPolicy
 from ue_ua.permissions import RuleBook
 
-__all__ = ["IncomingHandler", "UeClient", "UeConfig", "peer_uri"]
+__all__ = ["IncomingFailedHandler", "IncomingHandler", "UeClient", "UeConfig", "peer_uri"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]{1,64}")  # RFC 3261 section 25.1 tok
 
 IncomingHandler = Callable[[Connection], Awaitable[None] | None]
 """Called with each incoming connection once its checks succeeded."""
+
+IncomingFailedHandler = Callable[[str, ConnectivityFailed], Awaitable[None] | None]
+"""Called with (the caller's identity, the failure) for each incoming session whose checks
+failed (the session was ended with a BYE)."""
+
+ABANDON_TIMEOUT = 15.0  # seconds close() waits for incoming sessions to be cleaned up
 
 
 def _endpoint(value: tuple[str, int], what: str) -> None:
@@ -155,16 +162,20 @@ class UeClient:
     `ask(inquiry)` is called for permission inquiries the `rulebook` does not decide (return
     Decision.ALLOW / DENY, or None for no answer: the operator then refuses with cause 3).
     `on_incoming` (set it before calls can arrive) gets each incoming Connection; without it
-    they queue for `accept()`. `connections` holds the open ones."""
+    they queue for `accept()`. An incoming session whose checks failed goes, as a
+    ConnectivityFailed naming the caller, to `on_incoming_failed(peer, error)` when set, else
+    (without `on_incoming`) `accept()` raises it, else it is only logged. `connections`
+    holds the open ones."""
 
     def __init__(self, config: UeConfig, ua: UserAgent, agent: UeAgent) -> None:
         self.config = config
         self.ua = ua
         self.agent = agent
         self.on_incoming: IncomingHandler | None = None
+        self.on_incoming_failed: IncomingFailedHandler | None = None
         self.registered: Registered | None = None
         self.connections: set[Connection] = set()
-        self._incoming: asyncio.Queue[Connection] = asyncio.Queue()
+        self._incoming: asyncio.Queue[Connection | ConnectivityFailed] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         ua.on_incoming = self._on_invite
@@ -240,11 +251,13 @@ class UeClient:
         call: Call | None = None
         try:
             local = await ice.gather()
+            gathered = time.perf_counter()
             offer = build_offer(
                 origin=Origin.for_address(self.config.bind_host, _session_id()),
                 credentials=ice.credentials,
                 candidates=local,
             )
+            inviting = time.perf_counter()
             try:
                 call = await self.ua.call(target, extra=extra, body=serialize_sdp(offer),
                                           content_type=SDP_TYPE)
@@ -258,6 +271,7 @@ class UeClient:
                 raise InvalidAnswer(str(exc)) from None
             if stream.credentials is None:
                 raise InvalidAnswer("no a=ice-ufrag/a=ice-pwd (RFC 8839 section 5.4)")
+            checking = time.perf_counter()
             await ice.set_remote(stream.credentials, stream.candidates)
             path = await ice.connect(self.config.setup_timeout)
         except BaseException:
@@ -265,8 +279,12 @@ class UeClient:
             if call is not None and not call.ended.is_set():
                 await _bye(call)
             raise
+        done = time.perf_counter()
+        timings = SetupTimings(gather_ms=_ms(started, gathered),
+                               signalling_ms=_ms(inviting, checking),
+                               checks_ms=_ms(checking, done))  # fmt: skip
         connection = Connection(
-            call=call, ice=ice, path=path, setup_ms=(time.perf_counter() - started) * 1000,
+            call=call, ice=ice, path=path, setup_ms=_ms(started, done), timings=timings,
             peer=str(target), role="caller", on_closed=self.connections.discard,
         )  # fmt: skip
         self.connections.add(connection)
@@ -277,9 +295,14 @@ class UeClient:
 
     async def accept(self, timeout: float | None = None) -> Connection:
         """The next incoming connection (when no `on_incoming` is set); TimeoutError after
-        `timeout` seconds."""
+        `timeout` seconds. Raises ConnectivityFailed (its `peer` the caller) for an incoming
+        session whose checks failed, unless `on_incoming_failed` is set; the next accept()
+        goes on with the next session."""
         self._check_open()
-        return await asyncio.wait_for(self._incoming.get(), timeout)
+        outcome = await asyncio.wait_for(self._incoming.get(), timeout)
+        if isinstance(outcome, ConnectivityFailed):
+            raise outcome
+        return outcome
 
     def _on_invite(self, incoming: IncomingCall) -> None:
         task = asyncio.get_running_loop().create_task(self._answer(incoming))
@@ -306,36 +329,54 @@ class UeClient:
             incoming.reject(488, "Not Acceptable Here (the offer has no ICE credentials)")
             return
         incoming.ring()
-        ice = self._ice(controlling=False)
-        try:
-            local = await ice.gather()
-            answer = build_answer(
-                offer,
-                origin=Origin.for_address(self.config.bind_host, _session_id()),
-                credentials=ice.credentials,
-                candidates=local,
-            )
-            await ice.set_remote(stream.credentials, stream.candidates)
-        except (SdpError, UeUsageError) as exc:
-            await ice.close("the offer could not be answered")
-            if not incoming.answered:
-                incoming.reject(488, "Not Acceptable Here (no answer to the offer)")
-            logger.warning("%s: cannot answer %s: %s", self.config.name, request.uri, exc)
-            return
-        if incoming.cancelled:
-            await ice.close("the caller cancelled")
-            return
-        call = await incoming.accept(serialize_sdp(answer), SDP_TYPE)
-        try:
-            path = await ice.connect(self.config.setup_timeout)
-        except ConnectivityFailed as exc:
-            logger.warning("%s: incoming session from %s failed: %s", self.config.name,
-                           request.from_.uri, exc)
-            await _bye(call)
-            return
         peer = request.headers.get("P-Asserted-Identity") or str(request.from_.uri)
+        ice = self._ice(controlling=False)
+        call: Call | None = None
+        try:
+            gathering = time.perf_counter()
+            try:
+                local = await ice.gather()
+                gathered = time.perf_counter()
+                answer = build_answer(
+                    offer,
+                    origin=Origin.for_address(self.config.bind_host, _session_id()),
+                    credentials=ice.credentials,
+                    candidates=local,
+                )
+                await ice.set_remote(stream.credentials, stream.candidates)
+            except (SdpError, UeUsageError) as exc:
+                await ice.close("the offer could not be answered")
+                if not incoming.answered:
+                    incoming.reject(488, "Not Acceptable Here (no answer to the offer)")
+                logger.warning("%s: cannot answer %s: %s", self.config.name, request.uri, exc)
+                return
+            if incoming.cancelled:
+                await ice.close("the caller cancelled")
+                return
+            call = await incoming.accept(serialize_sdp(answer), SDP_TYPE)
+            answered = time.perf_counter()
+            path = await ice.connect(self.config.setup_timeout)  # closes ice when it fails
+        except ConnectivityFailed as exc:
+            failure = exc.incoming_from(peer)
+            logger.warning("%s: incoming session failed: %s", self.config.name, failure)
+            if call is not None:
+                await _bye(call)
+            await self._incoming_failed(peer, failure)
+            return
+        except asyncio.CancelledError:
+            # The client is closing mid-setup: nothing of this session may stay open.
+            await self._abandon(incoming, ice, call, "the UE closed during setup")
+            raise
+        except Exception:
+            logger.exception("%s: answering %s failed", self.config.name, request.uri)
+            await self._abandon(incoming, ice, call, "answering failed")
+            return
+        done = time.perf_counter()
+        timings = SetupTimings(gather_ms=_ms(gathering, gathered),
+                               signalling_ms=_ms(started, answered),
+                               checks_ms=_ms(answered, done))  # fmt: skip
         connection = Connection(
-            call=call, ice=ice, path=path, setup_ms=(time.perf_counter() - started) * 1000,
+            call=call, ice=ice, path=path, setup_ms=_ms(started, done), timings=timings,
             peer=peer, role="callee", on_closed=self.connections.discard,
         )  # fmt: skip
         self.connections.add(connection)
@@ -351,6 +392,28 @@ class UeClient:
             logger.exception("%s: on_incoming failed; closing the connection", self.config.name)
             await connection.close()
 
+    async def _abandon(self, incoming: IncomingCall, ice: IceAgent, call: Call | None,
+                       why: str) -> None:
+        """Release an incoming session that will not become a Connection: its ICE socket,
+        the session at the operators (BYE), or the INVITE still unanswered (480)."""
+        await ice.close(why)
+        if call is not None:
+            if not call.ended.is_set():
+                await _bye(call)
+        elif not incoming.answered:
+            incoming.reject(480, "Temporarily Unavailable (the UE is closing)")
+
+    async def _incoming_failed(self, peer: str, failure: ConnectivityFailed) -> None:
+        if self.on_incoming_failed is not None:
+            try:
+                result = self.on_incoming_failed(peer, failure)
+                if result is not None:
+                    await result
+            except Exception:
+                logger.exception("%s: on_incoming_failed failed", self.config.name)
+        elif self.on_incoming is None:
+            self._incoming.put_nowait(failure)
+
     # -- ending ---------------------------------------------------------------------------------
 
     async def close(self) -> None:
@@ -358,8 +421,12 @@ class UeClient:
         if self._closed:
             return
         self._closed = True
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            # Let each incoming session mid-setup release its socket and send its BYE.
+            await asyncio.wait(tasks, timeout=ABANDON_TIMEOUT)
         for connection in list(self.connections):
             await connection.close()
         if self.registered is not None:
@@ -380,6 +447,10 @@ class UeClient:
             policy=self.config.transport_policy,
             stun_server=self.config.stun_server,
         )
+
+
+def _ms(began: float, ended: float) -> float:
+    return (ended - began) * 1000
 
 
 def _session_id() -> str:

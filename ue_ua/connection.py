@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 from ims.sip.errors import SipError
@@ -21,7 +22,7 @@ from ims.sip.useragent import Call
 from ue_ua.errors import ConnectionClosed
 from ue_ua.ice import IceAgent, Path, PathChanged, PathKind
 
-__all__ = ["Connection", "ConnectionClosed", "Path", "PathChanged", "PathKind"]
+__all__ = ["Connection", "ConnectionClosed", "Path", "PathChanged", "PathKind", "SetupTimings"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +30,32 @@ BYE_TIMEOUT = 10.0  # seconds close() waits for the BYE's final response
 PEER_ENDED = "the peer ended the session (BYE)"
 
 
+@dataclass(frozen=True, slots=True)
+class SetupTimings:
+    """Where a connection's setup time went, in milliseconds (for benchmarks).
+
+    - `gather_ms`: gathering the local candidates (binding on `bind_host`, and the STUN
+      server's answer when one is configured).
+    - `signalling_ms`: caller, INVITE sent -> 2xx received (through both operators, the
+      permission inquiry included); callee, INVITE received -> 200 sent, which contains the
+      callee's `gather_ms` (it gathers while answering).
+    - `checks_ms`: the ICE connectivity checks (RFC 8445 section 7), from their start
+      (caller: once the 2xx is in; callee: once the 200 is sent) until a pair was selected.
+
+    Caller: gather, signalling and checks follow each other, so their sum is `setup_ms` less
+    a little bookkeeping. Callee: signalling then checks, `gather_ms` inside signalling."""
+
+    gather_ms: float
+    signalling_ms: float
+    checks_ms: float
+
+
 class Connection:
     """One ueconnect session's datagram connection (made by UeClient.connect or accepted).
 
     `peer` is the peer's identity as the signalling names it, `role` "caller" or "callee",
     `path` the selected path (None once closed), `setup_ms` the time from the INVITE (callee:
-    from receiving it) until the checks selected a pair."""
+    from receiving it) until the checks selected a pair, `timings` its split (SetupTimings)."""
 
     def __init__(
         self,
@@ -43,6 +64,7 @@ class Connection:
         ice: IceAgent,
         path: Path,
         setup_ms: float,
+        timings: SetupTimings,
         peer: str,
         role: Literal["caller", "callee"],
         on_closed: Callable[[Connection], None] | None = None,
@@ -51,6 +73,7 @@ class Connection:
         self.ice = ice
         self.path: Path | None = path
         self.setup_ms = setup_ms
+        self.timings = timings
         self.peer = peer
         self.role = role
         self.path_changes: asyncio.Queue[PathChanged] = asyncio.Queue()

@@ -157,18 +157,28 @@ REFUSALS: Mapping[int, type[ConnectRefused]] = MappingProxyType(
 
 class ConnectivityFailed(ConnectError):
     """The session was accepted but no candidate pair passed its ICE checks (RFC 8445 section
-    7.2) within the setup time; the session was ended with a BYE."""
+    7.2) within the setup time; the session was ended with a BYE. `connect()` raises it; for
+    an incoming session it goes to `UeClient.on_incoming_failed`, else `accept()` raises it,
+    with `peer` (the caller's identity) set."""
 
     def __init__(self, pairs_tried: int, pairs_total: int, timeout: float,
-                 detail: str = "") -> None:
+                 detail: str = "", *, peer: str | None = None) -> None:
         why = f": {detail}" if detail else ""
+        with_peer = f" (incoming from {peer})" if peer is not None else ""
         super().__init__(
             f"no candidate pair worked within {timeout:g} s ({pairs_tried} of {pairs_total} "
-            f"pairs tried){why}"
+            f"pairs tried){why}{with_peer}"
         )
         self.pairs_tried = pairs_tried
         self.pairs_total = pairs_total
         self.timeout = timeout
+        self.detail = detail
+        self.peer = peer
+
+    def incoming_from(self, peer: str) -> ConnectivityFailed:
+        """The same failure, naming the caller of an incoming session."""
+        return ConnectivityFailed(self.pairs_tried, self.pairs_total, self.timeout, self.detail,
+                                  peer=peer)
 
 
 class InvalidAnswer(ConnectError):

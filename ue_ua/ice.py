@@ -15,6 +15,11 @@ What it adds to aioice, and why:
   that the relays are the operators', learned from SDP, not a TURN server of ours. On
   loopback every candidate is directly reachable, so the embedded demo asks for "relay" to
   route through the operators' relays.
+- Triggered checks on In-Progress pairs (RFC 8445 section 7.3.1.4): a check arriving on a pair
+  whose own check is in flight makes this agent check that pair again at once. aioice 0.13
+  leaves such a pair to its retransmission timer (RTO 500 ms, RFC 8489 section 6.2.1), which
+  costs the callee half a second whenever its first check was lost before the path opened
+  (a CGN FILTER not yet installed, a relay not yet latched).
 - A bounded setup: `connect(timeout)` raises `ConnectivityFailed` naming how many pairs were
   tried.
 - Consent freshness (RFC 7675): aioice sends a consent check on the selected pair every
@@ -159,6 +164,7 @@ class _PinnedConnection(aioice.Connection):
         self.gather_timeout = gather_timeout
         self.on_consent_lost = on_consent_lost
         self.admitted: set[_Address] | None = None  # None: every source (policy "all")
+        self._last_request: dict[CandidatePair, stun.Message] = {}  # per pair, for re-sending
         self._close_task: asyncio.Future[None] | None = None
 
     async def close(self) -> None:
@@ -192,6 +198,31 @@ class _PinnedConnection(aioice.Connection):
         if self.admitted is not None and (_canonical(addr[0]), addr[1]) not in self.admitted:
             return
         super().check_incoming(message, addr, protocol)
+        self._trigger_in_progress(addr, protocol)
+
+    def build_request(self, pair: CandidatePair, nominate: bool) -> stun.Message:
+        request = super().build_request(pair, nominate)
+        self._last_request[pair] = request
+        return request
+
+    def _trigger_in_progress(self, addr: tuple[str, int], protocol: StunProtocol) -> None:
+        """RFC 8445 section 7.3.1.4: a check received on an In-Progress pair triggers a check
+        of that pair now (aioice already does it for Frozen, Waiting and Failed pairs).
+
+        The request goes out again at once on the check's own STUN transaction, same
+        transaction ID (a retransmission, RFC 8489 section 6.2.1), rather than on a new one:
+        a response to either sending ends the transaction and with it the pending
+        retransmission timer, so a late response to the first sending still counts, as the
+        section asks of a cancelled transaction."""
+        for pair in self._check_list:
+            if pair.protocol is not protocol or pair.remote_addr != addr:
+                continue
+            request = self._last_request.get(pair)
+            if (pair.state == CandidatePair.State.IN_PROGRESS and request is not None
+                    and request.transaction_id in protocol.transactions):  # fmt: skip
+                logger.debug("%s: triggered check on %s (RFC 8445 7.3.1.4)", self, pair)
+                protocol.send_stun(request, pair.remote_addr)
+            return
 
     async def query_consent(self) -> None:
         """RFC 7675 section 5.1: a check on each selected pair every interval (randomised
