@@ -28,6 +28,7 @@ from types import MappingProxyType
 from ims.dns.errors import InvalidMnoId
 from ims.dns.locator import LocatorConfig, Nameserver
 from ims.dns.plmn import Plmn, home_domain
+from ims.gateway.relay import RelayOffload
 from ims.sip.address import Address
 from ims.sip.digest import DigestAlgorithm, DigestServerConfig
 
@@ -285,7 +286,9 @@ class GatewayConfig:
     Mode pcp: `pcp_server` is the CGN's PCP server (port 5351 unless given), `pcp_lifetime`
     the mapping lifetime asked of it (the PCP client renews at half of it, RFC 6887 section
     11.2.1; a crashed operator's mappings lapse after it), `pcp_timeout` how long to wait
-    for its answer before relaying that leg instead."""
+    for its answer before relaying that leg instead. `relay_offload` nft: the kernel forwards
+    each relayed allocation once both its peers are known (ims.gateway.nft_relay; needs root,
+    nft, conntrack and IP forwarding, checked at start)."""
 
     mode: GatewayMode = GatewayMode.RELAY
     relay_address: str | None = None
@@ -293,6 +296,7 @@ class GatewayConfig:
     pcp_server: HostPort | None = None
     pcp_lifetime: int = 120
     pcp_timeout: float = 3.0
+    relay_offload: RelayOffload = RelayOffload.NONE
 
 
 @dataclass(frozen=True)
@@ -1191,12 +1195,41 @@ class _Validator:
                 if t.present(key):
                     t.problem(key, f"applies to mode \"pcp\" only (mode is {mode.value}); "
                               "remove it or set mode = \"pcp\"")
+        offload = self.relay_offload(t, mode, address)
         t.finish()
         if mode is None or lifetime is None or pcp_lifetime is None or pcp_timeout is None \
-                or self.failed_since(mark):
+                or offload is None or self.failed_since(mark):
             return None
         return GatewayConfig(mode, address, int(lifetime), pcp_server, int(pcp_lifetime),
-                             float(pcp_timeout))
+                             float(pcp_timeout), offload)
+
+    def relay_offload(self, t: _Table, mode: GatewayMode | None,
+                      address: str | None) -> RelayOffload | None:
+        what = ('"none" (the userspace relay forwards every datagram) or "nft" (the kernel '
+                "forwards, through nftables rules, once both peers are known)")
+        text = t.string("relay_offload", what, default=RelayOffload.NONE.value)
+        if text is None:
+            return None
+        try:
+            offload = RelayOffload(text.lower())
+        except ValueError:
+            t.problem("relay_offload", f"{_show(text)} is not a relay offload; expected {what}",
+                      text)
+            return None
+        if offload is RelayOffload.NONE:
+            return offload
+        if mode is GatewayMode.OFF:
+            t.problem("relay_offload", 'applies to modes "relay" and "pcp" (mode is off: '
+                      'nothing is relayed); remove it or set mode = "relay"', text)
+            return None
+        if address is not None and ipaddress.ip_address(address).is_loopback:
+            t.problem("relay_offload", f'"nft" makes the kernel forward between other hosts '
+                      f"through this one, but relay_address {address} is loopback, where "
+                      'datagrams are delivered locally, never forwarded; use relay_offload = '
+                      '"none" (the embedded default) or a relay_address on a network interface',
+                      text)
+            return None
+        return offload
 
     def pcp_server(self, t: _Table, mode: GatewayMode | None) -> HostPort | None:
         what = ("the CGN's PCP server, an IP address with an optional port, e.g. "

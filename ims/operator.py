@@ -18,7 +18,8 @@ operator's OperatorMetrics (ims.metrics), served on the configured address while
 
 With [gateway], the S-CSCF's connectivity gateway is ims.gateway.service.RelayGateway on the
 configured relay address (mode relay), or ims.gateway.pcp_gateway.PcpGateway asking the
-configured PCP server, that relay as its fallback (mode pcp); `operator.gateway` is it, and
+configured PCP server, that relay as its fallback (mode pcp), its allocations forwarded by the
+kernel once their peers are known with relay_offload nft; `operator.gateway` is it, and
 `operator.gateway.open_legs()` lists what is open. The S-CSCF holds a 2xx in its proxy core
 while the gateway completes it (Element.hold).
 """
@@ -43,7 +44,7 @@ from ims.dns.locator import Locator
 from ims.extension import OPTION_TAG
 from ims.gateway.errors import GatewayError
 from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig
-from ims.gateway.relay import RelayConfig
+from ims.gateway.relay import RelayConfig, RelayOffload
 from ims.gateway.service import MAX_SESSION_EXPIRES, RelayGateway
 from ims.metrics import (
     CompositeObserver,
@@ -289,7 +290,8 @@ class Operator:
         assert section.relay_address is not None  # the validator's promise for relay, pcp
         try:
             relay = RelayConfig(section.relay_address, default_lifetime=section.lifetime,
-                                max_lifetime=max(section.lifetime, MAX_SESSION_EXPIRES))
+                                max_lifetime=max(section.lifetime, MAX_SESSION_EXPIRES),
+                                offload=section.relay_offload)
         except GatewayError as exc:
             raise OperatorError(f"{self.config.source}: [gateway] {exc}") from exc
         # Bind once now, so an address that is not ours fails at start, not at the first call.
@@ -310,13 +312,24 @@ class Operator:
                                        section.pcp_lifetime, section.pcp_timeout)
                 self.gateway = await PcpGateway.start(
                     pcp, relay, lifetime=section.lifetime, name=name,
-                    registry=self.metrics.registry if self.metrics is not None else None)
+                    registry=self.metrics.registry if self.metrics is not None else None,
+                    store=self.store)
             except GatewayError as exc:
                 raise OperatorError(f"{self.config.source}: [gateway] {exc}") from exc
             logger.info("operator %s: gateway asks the PCP server %s, relaying on %s when it "
                         "cannot map", name, section.pcp_server, relay.relay_address)
-            return self.gateway
-        self.gateway = RelayGateway.start(relay, lifetime=section.lifetime, name=name)
+        else:
+            self.gateway = RelayGateway.start(relay, lifetime=section.lifetime, name=name)
+        if relay.offload is RelayOffload.NFT:
+            # Misconfiguration fails the start; a flow the kernel refuses later stays in
+            # userspace (ims.gateway.aiorelay).
+            try:
+                await self.gateway.relay.offload_ready()
+            except GatewayError as exc:
+                raise OperatorError(
+                    f'{self.config.source}: [gateway] relay_offload = "nft": {exc} (the kernel '
+                    "relay needs root, nft, conntrack and IP forwarding in this network "
+                    'namespace; or set relay_offload = "none")') from exc
         return self.gateway
 
     # -- observability -----------------------------------------------------------------------

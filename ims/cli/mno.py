@@ -1,4 +1,5 @@
-"""`ueconnect mno`: run one operator (MNO) from its TOML file, or check the file."""
+"""`ueconnect mno`: run one operator (MNO) from its TOML file, check the file, or list what
+its connectivity gateway holds open (from the store, also while it runs or after a crash)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import argparse
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,7 +24,7 @@ from ims.config import (
     load_config,
 )
 from ims.sip.errors import SipError
-from ims.store import StoreError
+from ims.store import PcpMappingRecord, RelayRecord, StoreError, open_store
 
 if TYPE_CHECKING:
     from ims.operator import Operator
@@ -51,6 +54,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="print what the connectivity gateway ([gateway]) holds open, one "
                              "line per call leg, each time the process gets SIGUSR1 "
                              "(kill -USR1 PID)")
+    parser.add_argument("--list-open", action="store_true",
+                        help="print what the operator's gateway holds open (PCP mappings, "
+                             "relay allocations) as its store records it, one line per call "
+                             "leg, and exit; works while the operator runs and after a crash "
+                             "(shows what the next start deletes)")
+    parser.add_argument("--json", action="store_true",
+                        help="with --list-open: one JSON object instead of text")
     parser.set_defaults(func=_mno)
 
 
@@ -85,6 +95,11 @@ def _mno(args: argparse.Namespace) -> int:
     if args.check:
         print(f"{args.config}: OK (roles: {', '.join(config.roles)})")
         return 0
+    if args.json and not args.list_open:
+        print("ueconnect mno: --json goes with --list-open", file=sys.stderr)
+        return 2
+    if args.list_open:
+        return list_open(config, as_json=args.json)
     roles = [Role(name) for name in args.role] if args.role else None
     if args.metrics_listen is not None:
         metrics = None if args.metrics_listen == _OFF else MetricsConfig(args.metrics_listen)
@@ -167,3 +182,96 @@ def describe_open(operator: Operator) -> str:
              f"{gateway.relay.open_sockets()} relay sockets"]
     lines += [f"  {leg.describe()}" for leg in legs]
     return "\n".join(lines)
+
+
+# -- `--list-open`: the store's view -------------------------------------------------------------
+
+
+def list_open(config: OperatorConfig, *, as_json: bool = False,
+              now: float | None = None) -> int:
+    """Print what the store records as open at this operator ([operator] name): each PCP
+    mapping and relay allocation, its state ("open"; "left" by a run whose process is gone,
+    which the next start deletes at the CGN; "lapsed" past its expiry). Exit status 1 when
+    the store cannot be read."""
+    from ims.gateway.pcp_gateway import run_gone
+
+    when = time.time() if now is None else now
+    owner = config.operator.name
+    path = config.store.path
+    if not path.exists():  # do not create a store only to find it empty
+        mappings: tuple[PcpMappingRecord, ...] = ()
+        relays: tuple[RelayRecord, ...] = ()
+    else:
+        try:
+            with open_store(config.store) as store:
+                mappings = store.allocations.mappings(owner)
+                relays = store.allocations.relays(owner)
+        except StoreError as exc:
+            print(f"ueconnect mno: cannot read the store: {exc}", file=sys.stderr)
+            return 1
+
+    def state(holder_gone: bool, expires_at: float) -> str:
+        return "lapsed" if expires_at <= when else "left" if holder_gone else "open"
+
+    rows: list[dict[str, object]] = []
+    for m in mappings:
+        rows.append({
+            "kind": "pcp", "call_id": m.call_id, "leg": m.leg, "opcode": m.opcode,
+            "server": _endpoint_text(m.server, m.server_port),
+            "protocol": m.protocol,
+            "internal": _endpoint_text(m.internal_address, m.internal_port),
+            "external": _endpoint_text(m.external_address, m.external_port),
+            "peer": (_endpoint_text(m.peer_address, m.peer_port)
+                     if m.peer_address is not None and m.peer_port is not None else None),
+            "lifetime": m.lifetime, "expires_at": m.expires_at,
+            "expires_in": round(m.expires_at - when, 1),
+            "state": state(run_gone(m.holder), m.expires_at),
+            "run": m.holder.run_id, "host": m.holder.host, "pid": m.holder.pid,
+        })
+    for r in relays:
+        rows.append({
+            "kind": "relay", "call_id": r.call_id, "leg": r.leg,
+            "caller_side": _endpoint_text(r.relay_address, r.caller_side_port),
+            "callee_side": _endpoint_text(r.relay_address, r.callee_side_port),
+            "caller_peer": r.caller_peer, "callee_peer": r.callee_peer,
+            "expires_at": r.expires_at, "expires_in": round(r.expires_at - when, 1),
+            "state": state(run_gone(r.holder), r.expires_at),
+            "run": r.holder.run_id, "host": r.holder.host, "pid": r.holder.pid,
+        })
+    if as_json:
+        print(json.dumps({"operator": owner, "store": str(path), "now": when, "legs": rows},
+                         indent=2))
+        return 0
+    count = len(rows)
+    print(f"ueconnect mno: {owner}: {count} call leg{'s' if count != 1 else ''} open "
+          f"({len(mappings)} PCP mapping{'s' if len(mappings) != 1 else ''}, {len(relays)} "
+          f"relay allocation{'s' if len(relays) != 1 else ''}) in {path}")
+    for row in rows:
+        print(f"  {_describe_row(row)}")
+    return 0
+
+
+_STATES = {
+    "open": "",
+    "left": "; left by a stopped run: the next start deletes it",
+    "lapsed": "; lapsed: the next start forgets it",
+}
+
+
+def _describe_row(row: dict[str, object]) -> str:
+    expires_in = float(str(row["expires_in"]))
+    when = (f"expires in {expires_in:.0f} s" if expires_in > 0
+            else f"expired {-expires_in:.0f} s ago")
+    holder = f"run {row['run']} pid {row['pid']}{_STATES[str(row['state'])]}"
+    head = f"{row['call_id']} {row['leg']}:"
+    if row["kind"] == "pcp":
+        peer = row["peer"] if row["peer"] is not None else "nobody yet (awaiting the answer)"
+        return (f"{head} PCP {row['opcode']} at {row['server']} internal {row['internal']} "
+                f"external {row['external']} peer {peer}, {when} ({holder})")
+    callee = row["callee_peer"] if row["callee_peer"] is not None else "(awaiting the answer)"
+    return (f"{head} relay caller {row['caller_peer']} <-> {row['caller_side']}, callee "
+            f"{row['callee_side']} <-> {callee}, {when} ({holder})")
+
+
+def _endpoint_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -386,6 +386,29 @@ class NftRelayDataPlane:
         self._cut(flow)
         return final
 
+    def counters_by_tag(self) -> dict[str, KernelRelayCounters]:
+        """The counters of every flow this data plane installed, from one listing (what a
+        relay's listing of all its allocations reads)."""
+        if not self._flows:
+            return {}
+        rules = listed_rules(self._listing())
+        return {flow.tag: self._counters(flow, rules) for flow in list(self._flows.values())}
+
+    def cut(self, tag: str) -> None:
+        """Delete the conntrack entries of flow `tag`'s four tuples again (as `install` did):
+        the userspace relay, still forwarding while `install` ran, may have opened one since
+        (a datagram from R:Pb to B:b holds the reply tuple the SNAT needs). A live kernel
+        entry cut here is bound again by the rules on the next datagram."""
+        self._cut(self._flow(tag))
+
+    def check(self, version: int = 4) -> None:
+        """Raise what `install` would for the host, before any flow: KernelRelayToolMissing
+        (nft, conntrack), KernelRelayError (IP forwarding off for IP `version`)."""
+        if version not in _FORWARDING_SYSCTL:
+            raise GatewayUsageError(f"IP version {version} is neither 4 nor 6")
+        self._check_tools()
+        self._check_forwarding(version)
+
     def flows(self) -> tuple[KernelFlow, ...]:
         """The flows this data plane installed and has not removed."""
         return tuple(self._flows.values())
@@ -454,7 +477,7 @@ class NftRelayDataPlane:
         name = _FORWARDING_SYSCTL[version]
         value = self._sysctl(name)
         if value != "1":
-            where = f"namespace {self.netns}" if self.netns else "this host"
+            where = f"namespace {self.netns}" if self.netns else "this network namespace"
             raise KernelRelayError(f"{name} is {value} in {where}: the kernel relay forwards "
                                    f"between the peers only with `sysctl -w {name}=1`")
         self._forwarding_checked.add(version)

@@ -52,6 +52,7 @@ __all__ = [
     "PermittedPeer",
     "RelayAllocation",
     "RelayConfig",
+    "RelayOffload",
     "RelayTable",
     "Side",
     "is_binding_request",
@@ -87,6 +88,13 @@ def _check_port(port: int, what: str) -> None:
         raise GatewayUsageError(f"{what} port {port} is outside 1..65535")
 
 
+class RelayOffload(StrEnum):
+    """Who forwards an allocation's datagrams once both its peers are known exactly."""
+
+    NONE = "none"  # the userspace relay, always (the embedded default)
+    NFT = "nft"  # the kernel, through nftables NAT rules (ims.gateway.nft_relay)
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     """The relay's validated configuration.
@@ -94,15 +102,24 @@ class RelayConfig:
     `relay_address` is the operator's address the relay ports are bound on (what the UEs
     send to); `max_allocations` bounds the table (each allocation holds two sockets);
     a requested lifetime is capped at `max_lifetime` seconds, as a TURN server caps its
-    LIFETIME (RFC 8656 section 7.2)."""
+    LIFETIME (RFC 8656 section 7.2). `offload` nft hands an allocation whose two peers are
+    known exactly to the kernel (the driver, ims.gateway.aiorelay); the userspace relay
+    carries it until then, and whenever the kernel cannot."""
 
     relay_address: str
     max_allocations: int = 1024
     default_lifetime: float = 600.0
     max_lifetime: float = 3600.0
+    offload: RelayOffload = RelayOffload.NONE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "relay_address", normalise_address(self.relay_address))
+        try:
+            object.__setattr__(self, "offload", RelayOffload(self.offload))
+        except ValueError:
+            choices = ", ".join(o.value for o in RelayOffload)
+            raise GatewayUsageError(
+                f"offload {self.offload!r} is not one of {choices}") from None
         if self.max_allocations < 1:
             raise GatewayUsageError(
                 f"max_allocations must be at least 1, not {self.max_allocations}"
@@ -259,6 +276,11 @@ class _Peer:
         self.ice_key = (permitted.ice_password.encode()
                         if permitted.ice_password is not None else None)
 
+    @property
+    def exact(self) -> bool:
+        """Whether the one endpoint admitted is known: given as is, or latched."""
+        return self.ice_username is None and not self.latch_pending
+
     def admits(self, source: Address, datagram: bytes) -> bool:
         if self.ice_username is not None:
             # Until the UE's ICE check arrives nothing is admitted, from anywhere.
@@ -404,6 +426,16 @@ class RelayTable:
         else:
             allocation.callee = state
         return allocation.view()
+
+    def exact_peers(self, allocation_id: int) -> tuple[Address, Address] | None:
+        """(caller peer, callee peer) once each is known exactly, given without latching or
+        latched; None while either still waits for its first datagram or ICE check, or when
+        the allocation is gone. What a kernel data plane can take over (ims.gateway.aiorelay)."""
+        allocation = self._allocations.get(allocation_id)
+        if allocation is None or not (allocation.caller.exact and allocation.callee.exact):
+            return None
+        return ((allocation.caller.address, allocation.caller.port),
+                (allocation.callee.address, allocation.callee.port))
 
     def pop_latches(self) -> tuple[Latched, ...]:
         """The latches since the last call (the driver logs them), oldest first."""

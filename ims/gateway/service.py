@@ -51,13 +51,15 @@ restarts it, as a session refresh does (RFC 4028 section 10).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ims.gateway.aiorelay import RelayService
+from ims.gateway.aiorelay import RelayService, with_kernel
 from ims.gateway.errors import GatewayError, UnknownAllocation
+from ims.gateway.nft_relay import KernelRelayCounters, NftRelayDataPlane
 from ims.gateway.relay import (
     Address,
     PermittedPeer,
@@ -159,7 +161,9 @@ def session_expires(message: Request | Response) -> int | None:
 
 @dataclass(frozen=True)
 class OpenLeg:
-    """What the gateway holds open for one leg of a call (the listing)."""
+    """What the gateway holds open for one leg of a call (the listing). The allocation's
+    counters include what the kernel forwarded for it; `kernel` is that part alone (None:
+    the kernel does not carry this leg, [gateway] relay_offload)."""
 
     call_id: str
     leg: Leg
@@ -167,16 +171,19 @@ class OpenLeg:
     callee: str
     answered: bool
     allocation: RelayAllocation
+    kernel: KernelRelayCounters | None = None
 
     def describe(self) -> str:
         a = self.allocation
         callee_peer = f"{_show(a.callee_peer)}" if self.answered else "(awaiting the answer)"
+        kernel = (f" ({self.kernel.a_to_b_datagrams}/{self.kernel.b_to_a_datagrams} in the "
+                  "kernel)" if self.kernel is not None else "")
         return (
             f"{self.call_id} {self.leg} {self.caller} -> {self.callee}: "
             f"caller {_show(a.caller_peer)} <-> {_show(a.caller_side)}, "
             f"callee {_show(a.callee_side)} <-> {callee_peer}, expires at {a.expires_at:.0f}, "
             f"{a.counters.caller_to_callee_datagrams}/{a.counters.callee_to_caller_datagrams} "
-            f"datagrams, {a.counters.dropped_unpermitted} dropped"
+            f"datagrams{kernel}, {a.counters.dropped_unpermitted} dropped"
         )
 
 
@@ -186,12 +193,26 @@ def _show(address: Address) -> str:
 
 
 class _AnsweringTable(RelayTable):
-    """The relay table with allocations whose callee side is known only from the answer:
-    until `permit_callee`, both ports of such an allocation drop everything."""
+    """The relay table whose allocations know their callee side only from the answer: until
+    `permit_callee`, both ports of an allocation drop everything (and the kernel takes
+    nothing: its callee peer is a placeholder)."""
 
     def __init__(self, config: RelayConfig) -> None:
         super().__init__(config)
         self.awaiting: set[int] = set()
+
+    def allocate(self, caller_peer: Address | PermittedPeer, callee_peer: Address | PermittedPeer,
+                 caller_port: int, callee_port: int, now: float,
+                 lifetime: float | None = None) -> RelayAllocation:
+        allocation = super().allocate(caller_peer, callee_peer, caller_port, callee_port, now,
+                                      lifetime)
+        self.awaiting.add(allocation.id)
+        return allocation
+
+    def exact_peers(self, allocation_id: int) -> tuple[Address, Address] | None:
+        if allocation_id in self.awaiting:
+            return None
+        return super().exact_peers(allocation_id)
 
     def permit_callee(self, allocation_id: int, peer: PermittedPeer) -> RelayAllocation:
         allocation = self.permit(allocation_id, Side.CALLEE, peer)
@@ -220,8 +241,8 @@ class _Relay(RelayService):
 
     table: _AnsweringTable
 
-    def __init__(self, config: RelayConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: RelayConfig, data_plane: NftRelayDataPlane | None = None) -> None:
+        super().__init__(config, data_plane=data_plane)
         self.table = _AnsweringTable(config)
 
 
@@ -244,7 +265,9 @@ class RelayGateway:
         async with RelayGateway.open(RelayConfig("127.0.0.1"), lifetime=1800) as gateway:
             async with Operator.start(config, gateway=gateway): ...
 
-    `lifetime` is the session lifetime without Session-Expires (seconds)."""
+    `lifetime` is the session lifetime without Session-Expires (seconds). With
+    `RelayConfig.offload` nft (or a `data_plane`) the kernel forwards each leg once the
+    answer, and the latching, told both its peers (ims.gateway.aiorelay)."""
 
     def __init__(self, relay: RelayService, *, lifetime: float, name: str = "") -> None:
         if not isinstance(relay.table, _AnsweringTable):
@@ -258,9 +281,9 @@ class RelayGateway:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, config: RelayConfig, *, lifetime: float,
-                   name: str = "") -> AsyncIterator[RelayGateway]:
-        relay = _Relay(config)
+    async def open(cls, config: RelayConfig, *, lifetime: float, name: str = "",
+                   data_plane: NftRelayDataPlane | None = None) -> AsyncIterator[RelayGateway]:
+        relay = _Relay(config, data_plane)
         gateway = cls(relay, lifetime=lifetime, name=name)
         try:
             yield gateway
@@ -268,9 +291,10 @@ class RelayGateway:
             await gateway.close()
 
     @classmethod
-    def start(cls, config: RelayConfig, *, lifetime: float, name: str = "") -> RelayGateway:
+    def start(cls, config: RelayConfig, *, lifetime: float, name: str = "",
+              data_plane: NftRelayDataPlane | None = None) -> RelayGateway:
         """The gateway with its relay (call inside a running loop); `close` when done."""
-        return cls(_Relay(config), lifetime=lifetime, name=name)
+        return cls(_Relay(config, data_plane), lifetime=lifetime, name=name)
 
     async def close(self) -> None:
         self._calls.clear()
@@ -307,7 +331,6 @@ class RelayGateway:
             logger.warning("gateway %s: no relay for Call-ID %s: %s", self.name,
                            request.call_id, exc)
             return Refusal(503, "Service Unavailable (no relay port free)")
-        self.table.awaiting.add(allocation.id)
         self.allocations_made += 1
         self._calls.setdefault(request.call_id, []).append(_LegState(
             request.leg, request.caller, request.callee, allocation.id, lifetime, caller_peer,
@@ -351,6 +374,7 @@ class RelayGateway:
                               if default_behind_nat(stream)
                               else PermittedPeer(default.address, default.port))
                     self.table.permit_callee(state.allocation_id, callee)
+                    self.relay.hand_over(state.allocation_id)  # when both peers are exact
                     logger.info("gateway %s: Call-ID %s %s leg: relay %s admits the caller %s, "
                                 "the callee %s", self.name, call_id, state.leg,
                                 state.allocation_id, _admits(caller), _admits(callee))
@@ -411,17 +435,24 @@ class RelayGateway:
 
     # -- the listing ---------------------------------------------------------------------------
 
-    def open_legs(self) -> tuple[OpenLeg, ...]:
-        """Every leg holding a relay allocation now, oldest first."""
+    def open_legs(self, *, kernel: bool = True) -> tuple[OpenLeg, ...]:
+        """Every leg holding a relay allocation now, oldest first; with `kernel`, its counters
+        include what the kernel forwarded (one `nft -j` listing when the kernel carries legs:
+        pass False where only the legs, not their counts, matter)."""
         self._forget_expired()
+        forwarded_by = self.relay.kernel_counters() if kernel else {}
         out = []
         for call_id, legs in self._calls.items():
             for state in legs:
                 with contextlib.suppress(UnknownAllocation):
+                    allocation = self.table.allocation(state.allocation_id)
+                    forwarded = forwarded_by.get(state.allocation_id)
+                    if forwarded is not None:
+                        allocation = dataclasses.replace(
+                            allocation, counters=with_kernel(allocation.counters, forwarded))
                     out.append(OpenLeg(
                         call_id, state.leg, state.caller, state.callee,
-                        state.allocation_id not in self.table.awaiting,
-                        self.table.allocation(state.allocation_id),
+                        state.allocation_id not in self.table.awaiting, allocation, forwarded,
                     ))
         return tuple(out)
 

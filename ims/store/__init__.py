@@ -16,7 +16,11 @@ well-formed values:
 - `StoredRuleSet`: a subscriber's published permission rule set (docs/extension.md section
   6.3: the JSON as published, its SIP-ETag and when it expires);
 - `ims.permission.audit.DecisionRecord`: one permission decision (section 11), kept in the
-  `decisions` table.
+  `decisions` table;
+- `PcpMappingRecord` and `RelayRecord`: what the connectivity gateway holds open (a PCP mapping
+  on the CGN, a relay allocation), each under the `GatewayRun` that holds it, so that a later
+  run deletes what a crashed one left at the CGN (RFC 6887 section 15) and `ueconnect mno
+  --list-open` shows what is open from another process.
 """
 
 from __future__ import annotations
@@ -42,14 +46,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SESSION_ENDED",
+    "AllocationTable",
     "Binding",
     "BindingTable",
     "DecisionTable",
     "DigestHA1",
     "DuplicateSession",
     "DuplicateSubscriber",
+    "GatewayRun",
     "InvalidIdentity",
     "InvalidRecord",
+    "PcpMappingRecord",
+    "RelayRecord",
     "RuleSetTable",
     "SchemaTooNew",
     "Session",
@@ -432,6 +440,123 @@ class StoredRuleSet:
         return self.expires_at > now
 
 
+_NONCE_LENGTH = 12  # RFC 6887 sections 11.1 and 12.1: the mapping nonce is 96 bits
+_LEGS = ("originating", "terminating")  # ims.seams.Leg's values
+_OPCODES = ("MAP", "PEER")  # RFC 6887 sections 11 and 12
+
+
+def _port(name: str, value: int | None, *, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+        raise InvalidRecord(f"{name} {value!r} is not a port number 0-65535")
+
+
+def _text(name: str, value: str) -> None:
+    if not isinstance(value, str) or not value or not value.isprintable():
+        raise InvalidRecord(f"{name} {value!r} must be non-empty printable text")
+
+
+@dataclass(frozen=True)
+class GatewayRun:
+    """One run of an operator's connectivity gateway: `owner` is the operator (its [operator]
+    name), `run_id` is new at every start, `host` and `pid` say where the run lives, so that
+    a later run (or `ueconnect mno --list-open`) can tell whether it is still there."""
+
+    owner: str
+    run_id: str
+    host: str
+    pid: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.owner, str) or not self.owner.isprintable():
+            raise InvalidRecord(f"gateway owner {self.owner!r} must be printable text")
+        _text("run id", self.run_id)
+        _text("host", self.host)
+        if isinstance(self.pid, bool) or not isinstance(self.pid, int) or self.pid < 1:
+            raise InvalidRecord(f"pid {self.pid!r} is not a process id")
+
+
+@dataclass(frozen=True)
+class PcpMappingRecord:
+    """A PCP mapping the gateway holds on its CGN for one leg of a call (RFC 6887).
+
+    What a later run needs to delete it (section 15: the same opcode, protocol, internal
+    address and port, remote peer for PEER, and the nonce that created it, lifetime 0):
+    `server`/`server_port` the PCP server, `opcode` "MAP" or "PEER", `internal` the UE's
+    endpoint (THIRD_PARTY, section 13.1), `external` what the CGN assigned, `peer` the
+    PEER's remote peer or the one peer a MAP's FILTER admits (None: nobody yet), `lifetime`
+    the seconds asked for, `expires_at` (wall clock) when it lapses unless renewed."""
+
+    holder: GatewayRun
+    call_id: str
+    leg: str
+    server: str
+    server_port: int
+    protocol: int
+    opcode: str
+    internal_address: str
+    internal_port: int
+    external_address: str
+    external_port: int
+    peer_address: str | None
+    peer_port: int | None
+    nonce: bytes = field(repr=False)
+    lifetime: int
+    expires_at: float
+
+    def __post_init__(self) -> None:
+        _text("Call-ID", self.call_id)
+        if self.leg not in _LEGS:
+            raise InvalidRecord(f"leg {self.leg!r} is not one of {', '.join(_LEGS)}")
+        if self.opcode not in _OPCODES:
+            raise InvalidRecord(f"opcode {self.opcode!r} is not one of {', '.join(_OPCODES)}")
+        for name in ("server", "internal_address", "external_address"):
+            _text(name, getattr(self, name))
+        _port("server_port", self.server_port)
+        _port("internal_port", self.internal_port)
+        _port("external_port", self.external_port)
+        _port("peer_port", self.peer_port, optional=True)
+        if (self.peer_address is None) != (self.peer_port is None):
+            raise InvalidRecord("a peer needs both its address and its port, or neither")
+        if self.opcode == "PEER" and self.peer_address is None:
+            raise InvalidRecord("a PEER mapping names its remote peer (RFC 6887 section 12)")
+        if isinstance(self.protocol, bool) or not 0 < self.protocol < 256:
+            raise InvalidRecord(f"protocol {self.protocol!r} is not an IANA protocol number")
+        if not isinstance(self.nonce, bytes) or len(self.nonce) != _NONCE_LENGTH:
+            raise InvalidRecord(f"a PCP mapping nonce is {_NONCE_LENGTH} octets")
+        if isinstance(self.lifetime, bool) or not 0 < self.lifetime < 1 << 32:
+            raise InvalidRecord(f"lifetime {self.lifetime!r} is not 1 s or more")
+        _finite("expires_at", self.expires_at)
+
+
+@dataclass(frozen=True)
+class RelayRecord:
+    """A relay allocation the gateway holds for one leg: its two ports on `relay_address`
+    and the peer each admits ("host:port" as the relay shows it; None while unknown, e.g. the
+    callee side before the answer), and when it lapses (wall clock). A relay dies with its
+    process: a later run only forgets these."""
+
+    holder: GatewayRun
+    call_id: str
+    leg: str
+    relay_address: str
+    caller_side_port: int
+    callee_side_port: int
+    caller_peer: str | None
+    callee_peer: str | None
+    expires_at: float
+
+    def __post_init__(self) -> None:
+        _text("Call-ID", self.call_id)
+        if self.leg not in _LEGS:
+            raise InvalidRecord(f"leg {self.leg!r} is not one of {', '.join(_LEGS)}")
+        _text("relay_address", self.relay_address)
+        _port("caller_side_port", self.caller_side_port)
+        _port("callee_side_port", self.callee_side_port)
+        _finite("expires_at", self.expires_at)
+
+
 # --------------------------------------------------------------------------------------------
 # The interface
 # --------------------------------------------------------------------------------------------
@@ -520,6 +645,34 @@ class DecisionTable(Protocol):
         its public identities count), newest first."""
 
 
+class AllocationTable(Protocol):
+    """What connectivity gateways hold open, by run (`GatewayRun.run_id`) and leg."""
+
+    def put_mapping(self, record: PcpMappingRecord) -> None:
+        """Record a granted mapping, or replace the leg's record (a renewal, a new FILTER)."""
+
+    def remove_mapping(self, run_id: str, call_id: str, leg: str) -> PcpMappingRecord | None:
+        """Forget the leg's mapping (deleted, or lapsed), returning it when it was there."""
+
+    def mappings(self, owner: str | None = None) -> tuple[PcpMappingRecord, ...]:
+        """Every recorded mapping (of `owner`'s runs), oldest run first, then by Call-ID."""
+
+    def put_relays(self, run_id: str, call_id: str, records: Sequence[RelayRecord]) -> None:
+        """Replace what the run records for the call's relay allocations with `records`
+        (each of `run_id` and `call_id`; none: the call holds no relay any more)."""
+
+    def relays(self, owner: str | None = None) -> tuple[RelayRecord, ...]:
+        """Every recorded relay allocation (of `owner`'s runs), ordered as `mappings`."""
+
+    def forget_run(self, run_id: str, *, mappings: bool = False) -> int:
+        """Forget the run's relay allocations (and its mappings too when `mappings`); how
+        many records went."""
+
+    def expire(self, now: float) -> int:
+        """Forget every record with expires_at <= now (lapsed at the CGN or the relay
+        anyway); how many went."""
+
+
 class Store(Protocol):
     """The operator's state. Use as a context manager or call `close()`."""
 
@@ -537,6 +690,9 @@ class Store(Protocol):
 
     @property
     def decisions(self) -> DecisionTable: ...
+
+    @property
+    def allocations(self) -> AllocationTable: ...
 
     def secret(self, name: str, create: Callable[[], bytes]) -> bytes:
         """The stored secret `name`, storing `create()` first when there is none (e.g. the

@@ -27,7 +27,11 @@ from ims.store import (
     DigestHA1,
     DuplicateSession,
     DuplicateSubscriber,
+    GatewayRun,
+    InvalidRecord,
     JsonObject,
+    PcpMappingRecord,
+    RelayRecord,
     SchemaTooNew,
     Session,
     SessionEnded,
@@ -144,6 +148,52 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         "CREATE INDEX decision_by_callee ON decision(callee_aor, at)",
     ),
+    # 3: what connectivity gateways hold open (ims.gateway.pcp_gateway), by run: PCP mappings
+    # with the nonce a later run deletes them with (RFC 6887 section 15), relay allocations.
+    (
+        """CREATE TABLE gateway_run (
+            run_id TEXT PRIMARY KEY NOT NULL,
+            owner TEXT NOT NULL,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            seq INTEGER NOT NULL
+        )""",
+        "CREATE INDEX gateway_run_by_owner ON gateway_run(owner, seq)",
+        """CREATE TABLE pcp_mapping (
+            run_id TEXT NOT NULL REFERENCES gateway_run(run_id) ON DELETE CASCADE,
+            call_id TEXT NOT NULL,
+            leg TEXT NOT NULL,
+            server TEXT NOT NULL,
+            server_port INTEGER NOT NULL,
+            protocol INTEGER NOT NULL,
+            opcode TEXT NOT NULL,
+            internal_address TEXT NOT NULL,
+            internal_port INTEGER NOT NULL,
+            external_address TEXT NOT NULL,
+            external_port INTEGER NOT NULL,
+            peer_address TEXT,
+            peer_port INTEGER,
+            nonce BLOB NOT NULL CHECK (length(nonce) = 12),
+            lifetime INTEGER NOT NULL,
+            expires_at REAL NOT NULL,
+            PRIMARY KEY (run_id, call_id, leg)
+        )""",
+        "CREATE INDEX pcp_mapping_expiry ON pcp_mapping(expires_at)",
+        """CREATE TABLE relay_allocation (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES gateway_run(run_id) ON DELETE CASCADE,
+            call_id TEXT NOT NULL,
+            leg TEXT NOT NULL,
+            relay_address TEXT NOT NULL,
+            caller_side_port INTEGER NOT NULL,
+            callee_side_port INTEGER NOT NULL,
+            caller_peer TEXT,
+            callee_peer TEXT,
+            expires_at REAL NOT NULL
+        )""",
+        "CREATE INDEX relay_allocation_by_call ON relay_allocation(run_id, call_id)",
+        "CREATE INDEX relay_allocation_expiry ON relay_allocation(expires_at)",
+    ),
 )
 
 
@@ -183,6 +233,7 @@ class SqliteStore:
         self._sessions = _Sessions(self)
         self._rules = _RuleSets(self)
         self._decisions = _Decisions(self)
+        self._allocations = _Allocations(self)
 
     # ---- Store ------------------------------------------------------------------------------
 
@@ -205,6 +256,10 @@ class SqliteStore:
     @property
     def decisions(self) -> _Decisions:
         return self._decisions
+
+    @property
+    def allocations(self) -> _Allocations:
+        return self._allocations
 
     def secret(self, name: str, create: Callable[[], bytes]) -> bytes:
         with self.write() as db:
@@ -636,3 +691,127 @@ class _Decisions:
             for (at, call_id, caller, caller_mno, callee, application, outcome, how, detail,
                  inquiry, anonymous, note) in rows
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The connectivity gateway's allocations
+# --------------------------------------------------------------------------------------------
+
+_MAPPING_COLUMNS = (
+    "call_id, leg, server, server_port, protocol, opcode, internal_address, internal_port, "
+    "external_address, external_port, peer_address, peer_port, nonce, lifetime, expires_at"
+)
+_RELAY_COLUMNS = (
+    "call_id, leg, relay_address, caller_side_port, callee_side_port, caller_peer, "
+    "callee_peer, expires_at"
+)
+_RUN_COLUMNS = "r.owner, r.run_id, r.host, r.pid"
+
+
+class _Allocations:
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    def put_mapping(self, record: PcpMappingRecord) -> None:
+        m = record
+        with self._store.write() as db:
+            self._put_run(db, m.holder)
+            db.execute(
+                f"INSERT OR REPLACE INTO pcp_mapping (run_id, {_MAPPING_COLUMNS}) VALUES "
+                f"({', '.join('?' * 16)})",
+                (m.holder.run_id, m.call_id, m.leg, m.server, m.server_port, m.protocol,
+                 m.opcode, m.internal_address, m.internal_port, m.external_address,
+                 m.external_port, m.peer_address, m.peer_port, m.nonce, m.lifetime,
+                 m.expires_at))
+
+    def remove_mapping(self, run_id: str, call_id: str, leg: str) -> PcpMappingRecord | None:
+        with self._store.write() as db:
+            row = db.execute(
+                f"SELECT {_RUN_COLUMNS}, {_MAPPING_COLUMNS} FROM pcp_mapping m JOIN gateway_run "
+                "r USING (run_id) WHERE m.run_id = ? AND m.call_id = ? AND m.leg = ?",
+                (run_id, call_id, leg)).fetchone()
+            if row is None:
+                return None
+            db.execute("DELETE FROM pcp_mapping WHERE run_id = ? AND call_id = ? AND leg = ?",
+                       (run_id, call_id, leg))
+            self._drop_idle_runs(db)
+        return _mapping_record(row)
+
+    def mappings(self, owner: str | None = None) -> tuple[PcpMappingRecord, ...]:
+        where, args = ("WHERE r.owner = ?", (owner,)) if owner is not None else ("", ())
+        rows = self._store.read(
+            f"SELECT {_RUN_COLUMNS}, {_MAPPING_COLUMNS} FROM pcp_mapping m JOIN gateway_run r "
+            f"USING (run_id) {where} ORDER BY r.seq, m.call_id, m.leg", args)
+        return tuple(_mapping_record(r) for r in rows)
+
+    def put_relays(self, run_id: str, call_id: str, records: Sequence[RelayRecord]) -> None:
+        for r in records:
+            if r.holder.run_id != run_id or r.call_id != call_id:
+                raise InvalidRecord(f"relay record of {r.holder.run_id}/{r.call_id} given "
+                                    f"for {run_id}/{call_id}")
+        with self._store.write() as db:
+            db.execute("DELETE FROM relay_allocation WHERE run_id = ? AND call_id = ?",
+                       (run_id, call_id))
+            if records:
+                self._put_run(db, records[0].holder)
+            db.executemany(
+                f"INSERT INTO relay_allocation (run_id, {_RELAY_COLUMNS}) VALUES "
+                f"({', '.join('?' * 9)})",
+                [(r.holder.run_id, r.call_id, r.leg, r.relay_address, r.caller_side_port,
+                  r.callee_side_port, r.caller_peer, r.callee_peer, r.expires_at)
+                 for r in records])
+            self._drop_idle_runs(db)
+
+    def relays(self, owner: str | None = None) -> tuple[RelayRecord, ...]:
+        where, args = ("WHERE r.owner = ?", (owner,)) if owner is not None else ("", ())
+        rows = self._store.read(
+            f"SELECT {_RUN_COLUMNS}, {_RELAY_COLUMNS} FROM relay_allocation a JOIN gateway_run "
+            f"r USING (run_id) {where} ORDER BY r.seq, a.call_id, a.leg, a.id", args)
+        return tuple(RelayRecord(GatewayRun(*row[:4]), *row[4:]) for row in rows)
+
+    def forget_run(self, run_id: str, *, mappings: bool = False) -> int:
+        with self._store.write() as db:
+            gone = db.execute("DELETE FROM relay_allocation WHERE run_id = ?",
+                              (run_id,)).rowcount
+            if mappings:
+                gone += db.execute("DELETE FROM pcp_mapping WHERE run_id = ?",
+                                   (run_id,)).rowcount
+            self._drop_idle_runs(db)
+        return int(gone)
+
+    def expire(self, now: float) -> int:
+        with self._store.write() as db:
+            gone = db.execute("DELETE FROM pcp_mapping WHERE expires_at <= ?", (now,)).rowcount
+            gone += db.execute("DELETE FROM relay_allocation WHERE expires_at <= ?",
+                               (now,)).rowcount
+            self._drop_idle_runs(db)
+        return int(gone)
+
+    @staticmethod
+    def _put_run(db: sqlite3.Connection, run: GatewayRun) -> None:
+        row = db.execute("SELECT owner, host, pid FROM gateway_run WHERE run_id = ?",
+                         (run.run_id,)).fetchone()
+        if row is not None:
+            if tuple(row) != (run.owner, run.host, run.pid):
+                raise InvalidRecord(f"run {run.run_id} is recorded for another owner or process")
+            return
+        # `seq` orders runs by when they first recorded something (the listing's order).
+        db.execute("INSERT INTO gateway_run (run_id, owner, host, pid, seq) VALUES (?, ?, ?, ?, "
+                   "(SELECT coalesce(max(seq), 0) + 1 FROM gateway_run))",
+                   (run.run_id, run.owner, run.host, run.pid))
+
+    @staticmethod
+    def _drop_idle_runs(db: sqlite3.Connection) -> None:
+        """A run with nothing recorded any more is forgotten too."""
+        db.execute("DELETE FROM gateway_run WHERE run_id NOT IN (SELECT run_id FROM pcp_mapping)"
+                   " AND run_id NOT IN (SELECT run_id FROM relay_allocation)")
+
+
+def _mapping_record(row: Sequence[Any]) -> PcpMappingRecord:
+    (owner, run_id, host, pid, call_id, leg, server, server_port, protocol, opcode,
+     internal_address, internal_port, external_address, external_port, peer_address, peer_port,
+     nonce, lifetime, expires_at) = row
+    return PcpMappingRecord(
+        GatewayRun(owner, run_id, host, pid), call_id, leg, server, server_port, protocol,
+        opcode, internal_address, internal_port, external_address, external_port, peer_address,
+        peer_port, bytes(nonce), lifetime, expires_at)
