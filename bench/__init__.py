@@ -2,8 +2,10 @@
 
 `python3 -m bench` runs every benchmark in `bench.__main__.BENCHMARKS`; each one is a module
 that measures one thing against one or more subjects and prints figures a reader can paste
-into docs/benchmarks.md. Everything a benchmark starts listens and sends on loopback only, and
-every run is bounded in calls and in wall-clock time.
+into docs/benchmarks.md. Everything a benchmark starts listens and sends on loopback, or, for
+the benchmarks that need root (setup_time, the kernel relay of relay_rate), inside network
+namespaces the benchmark creates and removes itself; none sends anywhere else. Every run is
+bounded in calls and in wall-clock time.
 """
 
 from __future__ import annotations

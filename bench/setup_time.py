@@ -25,11 +25,14 @@ instance, wrapped); t1 is the call's start, which includes building the INVITE (
 After each connection Bill hangs up and the benchmark waits until both operators hold nothing
 open, so every connection starts from the same state.
 
-Netem: the testbed plan puts the delay on each radio link (a UE's uplink and its CGN's
-downlink, `TestbedOptions(netem_delay_ms=...)`); the benchmark applies exactly those qdiscs to
-the running world with the builder's command. A kernel without sch_netem refuses that; the
-benchmark then says so loudly (output and JSON: `"netem": "unavailable: <reason>"`) and
-measures without added delay. It never imitates a delay.
+The delay: the world's `delay_ms` (default 10, `--delay MS`, `--no-delay` for none): that
+one-way delay on the egress of every interface of the testbed's links (each UE's eth0, each
+CGN's in0 and out0, the router's three, each core's and the DNS host's eth0; see
+ims.testbed.topology.link_delays), by `tc netem` where the kernel has it and otherwise by
+NFQUEUE with the wait in the world's namespace loops (ims/testbed/delay.py). The output and
+the JSON say which (`"delay": {"ms": 10, "mechanism": "netem" | "nfqueue", ...}`); with
+NFQUEUE each scenario also reports how many packets were delayed and how many passed without
+the delay (its backlog overflowing), which should be none.
 
 Root only (namespaces, nftables): without root it exits 2 saying so. Bounded: at most
 MAX_CONNECTIONS per scenario, each connection within its setup timeout plus a margin, and a
@@ -44,7 +47,6 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -57,21 +59,19 @@ from typing import Any
 from bench import BenchConfigError, Benchmark
 from bench.machine import machine_facts
 from ims.testbed.builder import run_command
-from ims.testbed.errors import CommandFailed, NetemUnavailable, TestbedError
+from ims.testbed.errors import TestbedError
 from ims.testbed.netns import NamespaceLoop
-from ims.testbed.topology import NatBehaviour, TestbedOptions, build_plan
-from ims.testbed.world import PcpMode, TestbedWorld
+from ims.testbed.requirements import WORLD_TOOLS, missing_for_world
+from ims.testbed.topology import NatBehaviour
+from ims.testbed.world import DelayMechanism, PcpMode, TestbedWorld
 
 MAX_CONNECTIONS = 200
 FAILURES_IN_A_ROW = 3  # a scenario that fails this often in a row is broken, not slow
 RELEASE_WITHIN = 10.0  # seconds the operators get to release a session after its BYE
 CALLER, CALLEE = "Bill", "Dave"
-TOOLS = (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps"), ("ss", "iproute2"),
-         ("turnserver", "coturn"), ("conntrack", "conntrack"))
-
-
-class NotRoot(Exception):
-    """The benchmark needs root (exit status 2)."""
+# The world's, and `tc` to ask the kernel for netem (the world names iptables-legacy itself
+# when it needs it for NFQUEUE).
+TOOLS = (*WORLD_TOOLS, ("tc", "iproute2"))
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ SCENARIOS: dict[str, Scenario] = {
 class SetupSettings:
     connections: int = 20
     scenarios: tuple[str, ...] = ("direct", "relay")
-    netem_delay_ms: int | None = 10  # None: do not try
+    delay_ms: int | None = 10  # one-way, per link egress; None: no added delay
+    delay_mechanism: DelayMechanism | None = None  # None: netem where the kernel has it
     setup_timeout: float = 10.0  # UeConfig.setup_timeout: the ICE checks' bound
 
     def __post_init__(self) -> None:
@@ -111,8 +112,8 @@ class SetupSettings:
         if unknown or not self.scenarios:
             raise BenchConfigError(f"scenarios must be some of {', '.join(SCENARIOS)}, not "
                                    f"{', '.join(unknown) or 'none'}")
-        if self.netem_delay_ms is not None and not 1 <= self.netem_delay_ms <= 1000:
-            raise BenchConfigError("netem delay must be in [1, 1000] ms")
+        if self.delay_ms is not None and not 1 <= self.delay_ms <= 1000:
+            raise BenchConfigError("the link delay must be in [1, 1000] ms")
         if not 0.5 <= self.setup_timeout <= 60:
             raise BenchConfigError("setup timeout must be in [0.5, 60] s")
 
@@ -153,6 +154,28 @@ PARTS = ("total_ms", "gather_ms", "sip_ms", "ice_ms", "first_datagram_ms",
 
 
 @dataclass(frozen=True)
+class DelayReport:
+    """The delay one world carried (`TestbedWorld.describe_delay` and its counters)."""
+
+    ms: int | None
+    mechanism: str | None  # "netem" | "nfqueue" | None (no delay)
+    described: str
+    delayed: int | None = None  # NFQUEUE: packets that waited, over every link
+    undelayed: int | None = None  # NFQUEUE: packets passed at once (backlog full)
+
+    @classmethod
+    def of(cls, world: TestbedWorld) -> DelayReport:
+        counters = world.delay_counters()
+        mechanism = world.delay_mechanism.value if world.delay_mechanism else None
+        return cls(world.delay_ms, mechanism, world.describe_delay(),
+                   sum(n for n, _ in counters.values()) if counters else None,
+                   sum(n for _, n in counters.values()) if counters else None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ms": self.ms, "mechanism": self.mechanism, "described": self.described}
+
+
+@dataclass(frozen=True)
 class ScenarioResult:
     scenario: str
     description: str
@@ -160,6 +183,7 @@ class ScenarioResult:
     samples: tuple[SetupSample, ...] = ()
     failures: tuple[str, ...] = ()
     ended: str = ""
+    delay: DelayReport | None = None
 
     @property
     def paths(self) -> dict[str, int]:
@@ -194,31 +218,6 @@ class _World:
     bill_loop: NamespaceLoop
     dave_loop: NamespaceLoop
     marks: _Marks = field(default_factory=_Marks)
-
-
-# -- netem -------------------------------------------------------------------------------------
-
-
-def apply_netem(world: TestbedWorld, delay_ms: int) -> str:
-    """The plan's netem delays (`TestbedOptions.netem_delay_ms`) on the running world, with the
-    builder's `tc` command; what was applied, or "unavailable: <reason>"."""
-    options = world.plan.options
-    plan = build_plan(TestbedOptions(nat=options.nat, netem_delay_ms=delay_ms,
-                                     prefix=options.prefix, udp_timeout=options.udp_timeout,
-                                     udp_stream_timeout=options.udp_stream_timeout))
-    if shutil.which("tc") is None:
-        return "unavailable: 'tc' is not installed (Debian package iproute2)"
-    for delay in plan.delays:
-        try:
-            run_command(["ip", "netns", "exec", delay.netns, "tc", "qdisc", "replace", "dev",
-                         delay.dev, "root", "netem", "delay", f"{delay.ms}ms"])
-        except CommandFailed as exc:
-            reason = (str(NetemUnavailable(exc.stderr)) if "qdisc kind is unknown" in exc.stderr
-                      else str(exc))
-            return f"unavailable: {' '.join(reason.split())}"
-    links = ", ".join(sorted({f"{d.netns.removeprefix(options.prefix)}:{d.dev}"
-                              for d in plan.delays}))
-    return f"{delay_ms} ms on egress of {links} (each radio link, both directions)"
 
 
 # -- one connection ----------------------------------------------------------------------------
@@ -354,31 +353,34 @@ async def _start_ue(world: TestbedWorld, name: str, timeout: float) -> tuple[Nam
 
 
 async def run_scenario(scenario: Scenario, settings: SetupSettings, *, prefix: str,
-                       state_dir: Path, netem: list[str],
-                       report: Callable[[str], None]) -> ScenarioResult:
-    """N connections in a world of `scenario`; `netem` holds the netem status (empty: try).
-    A world that fails to start or to close cleanly ends the result with that error; the
-    samples measured before it are kept."""
+                       state_dir: Path, report: Callable[[str], None]) -> ScenarioResult:
+    """N connections in a world of `scenario` with the settings' link delay. A world that
+    fails to start or to close cleanly ends the result with that error; the samples measured
+    before it are kept."""
     samples: list[SetupSample] = []
     failures: list[str] = []
     ended = [f"{settings.connections} connections"]
     attempted = [0]
+    delay: DelayReport | None = None
     try:
         async with TestbedWorld.start(nat=scenario.nat, pcp=scenario.pcp, gateway="pcp",
-                                      prefix=prefix, state_dir=state_dir) as world:
-            if settings.netem_delay_ms is not None and not netem:
-                netem.append(await asyncio.to_thread(apply_netem, world,
-                                                     settings.netem_delay_ms))
-                report(netem_banner(netem[0]))
-            elif settings.netem_delay_ms is not None and not netem[0].startswith("unavailable"):
-                await asyncio.to_thread(apply_netem, world, settings.netem_delay_ms)
-            await _connections(world, scenario, settings, samples, failures, ended, attempted,
-                               report)
+                                      prefix=prefix, state_dir=state_dir,
+                                      delay_ms=settings.delay_ms,
+                                      delay_mechanism=settings.delay_mechanism) as world:
+            report(f"  {scenario.name}: {delay_banner(DelayReport.of(world))}")
+            try:
+                await _connections(world, scenario, settings, samples, failures, ended,
+                                   attempted, report)
+            finally:  # counted before the close, which lets what still waits through
+                delay = DelayReport.of(world)
     except (TestbedError, OSError) as exc:
         ended.append(f"error: {exc}")
         report(f"  {scenario.name}: {exc}")
+    if delay is not None and delay.delayed is not None:
+        report(f"  {scenario.name}: NFQUEUE delayed {delay.delayed} packets, "
+               f"{delay.undelayed} passed without the delay")
     return ScenarioResult(scenario.name, scenario.description, attempted[0], tuple(samples),
-                          tuple(failures), "; ".join(ended))
+                          tuple(failures), "; ".join(ended), delay)
 
 
 async def _connections(world: TestbedWorld, scenario: Scenario, settings: SetupSettings,
@@ -434,20 +436,7 @@ async def _connections(world: TestbedWorld, scenario: Scenario, settings: SetupS
 
 def missing_requirement() -> str | None:
     """Why the benchmark cannot run here, or None."""
-    if sys.platform != "linux":
-        return "the testbed needs Linux network namespaces"
-    if os.geteuid() != 0:
-        return ("setup_time needs root: the testbed world creates network namespaces and "
-                "nftables rules (run `sudo python3 -m bench setup_time` from the project "
-                "directory)")
-    for tool, package in TOOLS:
-        if shutil.which(tool) is None:
-            return f"setup_time needs '{tool}' (Debian package {package})"
-    try:
-        import ue_ua.client  # noqa: F401
-    except ImportError as exc:
-        return f"the UE API (ue_ua.client) is not importable: {exc}"
-    return None
+    return missing_for_world(ue_api=True, tools=TOOLS)
 
 
 def markdown_table(results: Sequence[ScenarioResult]) -> str:
@@ -474,9 +463,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"connections per scenario (1..{MAX_CONNECTIONS})")
     parser.add_argument("--scenarios", nargs="+", choices=tuple(SCENARIOS),
                         default=list(SetupSettings.scenarios))
-    parser.add_argument("--netem-delay", type=int, default=SetupSettings.netem_delay_ms,
-                        metavar="MS", help="netem delay per radio link (default 10)")
-    parser.add_argument("--no-netem", action="store_true", help="do not try netem")
+    parser.add_argument("--delay", type=int, default=SetupSettings.delay_ms, metavar="MS",
+                        help="one-way delay on the egress of every link interface, by netem "
+                             "where the kernel has it, else NFQUEUE (default 10)")
+    parser.add_argument("--no-delay", action="store_true", help="no added link delay")
+    parser.add_argument("--delay-mechanism", choices=[m.value for m in DelayMechanism],
+                        help="force netem or nfqueue (default: netem where the kernel has it)")
     parser.add_argument("--setup-timeout", type=float, default=SetupSettings.setup_timeout)
     parser.add_argument("--json", type=Path, help="also write the results here")
 
@@ -486,11 +478,12 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"setup_time: {missing}", file=sys.stderr)
         return 2
-    settings = SetupSettings(connections=args.connections, scenarios=tuple(args.scenarios),
-                             netem_delay_ms=None if args.no_netem else args.netem_delay,
-                             setup_timeout=args.setup_timeout)
+    settings = SetupSettings(
+        connections=args.connections, scenarios=tuple(args.scenarios),
+        delay_ms=None if args.no_delay else args.delay,
+        delay_mechanism=DelayMechanism(args.delay_mechanism) if args.delay_mechanism else None,
+        setup_timeout=args.setup_timeout)
     facts = machine_facts()
-    netem: list[str] = []
     results: list[ScenarioResult] = []
     with tempfile.TemporaryDirectory(prefix="bench-setup-") as scratch:
         for n, name in enumerate(settings.scenarios):
@@ -500,33 +493,35 @@ def run(args: argparse.Namespace) -> int:
                  f"{CALLER} -> {CALLEE}")
             try:
                 result = asyncio.run(run_scenario(scenario, settings, prefix=prefix,
-                                                  state_dir=Path(scratch) / name, netem=netem,
+                                                  state_dir=Path(scratch) / name,
                                                   report=_say))
             except (TestbedError, OSError) as exc:
                 result = ScenarioResult(name, scenario.description, ended=f"error: {exc}")
             finally:
                 _remove_strays(prefix)
             results.append(result)
-    netem_status = netem[0] if netem else "not tried (--no-netem)"
+    delay = next((r.delay for r in results if r.delay is not None),
+                 DelayReport(settings.delay_ms, None, "the world did not start"))
     print()
-    print(netem_banner(netem_status))
+    print(delay_banner(delay))
     print(markdown_table(results))
     if args.json:
         args.json.write_text(json.dumps({
-            "machine": facts, "settings": asdict(settings), "netem": netem_status,
+            "machine": facts, "settings": asdict(settings), "delay": delay.as_json(),
             "results": [r.as_json() for r in results],
         }, indent=2, default=str))
     failed = any("error:" in r.ended or not r.samples for r in results)
     return 1 if failed else 0
 
 
-def netem_banner(status: str) -> str:
-    """The netem status as printed: loud when the delay could not be applied."""
-    if not status.startswith("unavailable"):
-        return f"netem: {status}"
-    bar = "!" * 78
-    return (f"{bar}\n!! NETEM UNAVAILABLE: these figures carry NO added link delay (the issue "
-            f"asks for 10 ms per link).\n!! netem: {status}\n{bar}")
+def delay_banner(delay: DelayReport) -> str:
+    """The link delay as printed; says plainly when it is NFQUEUE rather than netem, or none."""
+    if delay.mechanism is None:
+        return f"delay: none ({delay.described}; the issue asks for 10 ms per link)"
+    if delay.mechanism == DelayMechanism.NFQUEUE.value:
+        return (f"delay: NFQUEUE, not netem (this kernel has no sch_netem; each packet waits "
+                f"in userspace): {delay.described}")
+    return f"delay: {delay.described}"
 
 
 def _remove_strays(prefix: str) -> None:
@@ -552,6 +547,6 @@ BENCHMARK = Benchmark(
     run=run,
 )
 
-__all__ = ["BENCHMARK", "SCENARIOS", "Scenario", "ScenarioResult", "SetupSample",
-           "SetupSettings", "Spread", "apply_netem", "markdown_table", "missing_requirement",
+__all__ = ["BENCHMARK", "SCENARIOS", "DelayReport", "Scenario", "ScenarioResult", "SetupSample",
+           "SetupSettings", "Spread", "delay_banner", "markdown_table", "missing_requirement",
            "run_scenario"]

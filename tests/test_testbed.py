@@ -28,6 +28,7 @@ from ims.testbed.errors import (
     StateUnreadable,
     TestbedUsageError,
 )
+from ims.testbed.requirements import missing_for_world
 from ims.testbed.state import StateFile, TestbedState
 from ims.testbed.topology import NatBehaviour, Plan, TestbedOptions, build_plan, render_nat
 
@@ -174,14 +175,8 @@ def test_cli_without_root_names_the_fix(action: str, monkeypatch: pytest.MonkeyP
 
 
 def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
+    return missing_for_world(tools=(("ip", "iproute2"), ("nft", "nftables"),
+                                    ("sysctl", "procps")))
 
 
 def _netns_list() -> set[str]:
@@ -401,13 +396,16 @@ def test_netem_delay_is_applied_or_refused_naming_the_kernel_module(
     try:
         code = _cli("up", "--netem-delay", "20", "--prefix", prefix,
                     "--state-dir", str(state_dir))
-        if code == 0:  # a kernel with sch_netem: the radio link carries the delay
-            qdisc = run_command(["ip", "netns", "exec", plan.namespace("alpha-ue"), "tc",
-                                 "qdisc", "show", "dev", "eth0"])
-            assert "netem" in qdisc and "20ms" in qdisc
+        if code == 0:  # a kernel with sch_netem: every link interface carries the delay
+            for delay in plan.delays:
+                qdisc = run_command(["ip", "netns", "exec", delay.netns, "tc", "qdisc", "show",
+                                     "dev", delay.dev])
+                assert "netem" in qdisc and "20ms" in qdisc, (delay, qdisc)
         else:  # without it: a message naming the module, and the partial testbed removed
             err = capsys.readouterr().err
             assert "sch_netem" in err and "partial testbed was removed" in err
+            # ... and where a delay without netem is to be had instead.
+            assert "fall back to NFQUEUE" in err and "demo --testbed --delay" in err
             assert not {n for n in _netns_list() if n.startswith(prefix)}
             with pytest.raises(NetemUnavailable, match="sch_netem"):
                 TestbedBuilder(state_dir).up(plan)

@@ -12,7 +12,10 @@ b. with help ([gateway] mode pcp, our PCP servers): the path is direct, through 
    MAP (Alpha) and PEER (Beta) mappings (each UE's remote is the other CGN's mapped port;
    conntrack shows the flow translated to them), the relays carry nothing, 1000 datagrams
    each way arrive, none lost;
-c. with PCP refused (NO_RESOURCES): both operators relay, datagrams flow;
+c. with PCP refused (NO_RESOURCES): both operators relay, datagrams flow; where the world runs
+   an operator with [gateway] relay_offload = "nft", its kernel carries the datagrams once the
+   leg is handed over (the userspace relay's counters stand still) and nothing of it is left
+   in the core after the BYE;
 d. a third host (uec-dns, and Beta's UE from another port) sending to Alpha's and Beta's
    mapped ports reaches neither UE;
 e. after BYE: no PCP mapping, nft rule, conntrack entry of a mapping, or relay is left;
@@ -29,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -45,31 +46,21 @@ from ims.permission.bodies import Inquiry
 from ims.permission.outcomes import Decision
 from ims.testbed.builder import run_command
 from ims.testbed.netns import NamespaceLoop
+from ims.testbed.requirements import missing_for_world
 from ims.testbed.world import PcpMode, TestbedWorld, pcp_gateway_available
 
 pytestmark = pytest.mark.root
 
 T = TypeVar("T")
 ALPHA_PUBLIC, BETA_PUBLIC, UE = "198.51.100.1", "203.0.113.1", "100.64.0.2"
+RELAY_TABLE = "ueconnect_relay"  # the kernel relay's (ims.gateway.nft_relay.DEFAULT_TABLE)
+RELAY_MARK = "0x100000/0x100000"  # its conntrack mark bit (DEFAULT_CONNTRACK_MARK)
 DATAGRAMS = 1000
 SETUP_TIMEOUT = 4.0
 
 
 def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps"),
-                          ("ss", "iproute2"), ("turnserver", "coturn"),
-                          ("conntrack", "conntrack")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    try:
-        import ue_ua.client  # noqa: F401
-    except ImportError as exc:
-        return f"the UE API (ue_ua.client) is not in this tree: {exc}"
-    return None
+    return missing_for_world(ue_api=True)
 
 
 NO_PCP_GATEWAY = ("needs [gateway] mode pcp (ims/gateway/pcp_gateway.py and the pcp_server "
@@ -202,6 +193,21 @@ def relayed_datagrams(legs: tuple[Any, ...]) -> int:
         if counters is not None:
             total += counters.caller_to_callee_datagrams + counters.callee_to_caller_datagrams
     return total
+
+
+async def relay_offload_on(w: TestbedWorld, op: str) -> bool:
+    """Whether the world runs `op` with [gateway] relay_offload = "nft" (its config says)."""
+    return await w.in_core(op, lambda operator: str(getattr(
+        operator.config.gateway, "relay_offload", "none")) == "nft")
+
+
+def kernel_datagrams(legs: tuple[Any, ...]) -> int | None:
+    """Datagrams the kernel forwarded for the relayed legs (both ways, part of what
+    `relayed_datagrams` counts); None while the kernel carries no leg."""
+    carried = [leg.kernel for leg in legs if getattr(leg, "kernel", None) is not None]
+    if not carried:
+        return None
+    return sum(int(k.a_to_b_datagrams + k.b_to_a_datagrams) for k in carried)
 
 
 async def until(condition: Callable[[], Awaitable[bool]], what: str,
@@ -369,11 +375,33 @@ def test_c_pcp_refused_the_operators_relay(tmp_path: Path) -> None:
             bill_conn, dave_conn = await connect(w, bill, dave)
             assert w.pcp_refusals("Alpha") >= 1 and w.pcp_refusals("Beta") >= 1
             assert bill_conn.path.kind == "relay" and dave_conn.path.kind == "relay"
+            # [gateway] relay_offload = "nft" where the world sets it: each operator hands its
+            # relayed leg to the kernel once the answer and the UE's ICE check (the latch)
+            # told it both peers; from then on the userspace relay's counters stand still.
+            offload = [op for op in ("Alpha", "Beta") if await relay_offload_on(w, op)]
+            userspace: dict[str, int] = {}
+            for op in offload:
+                async def handed_over(op: str = op) -> bool:
+                    return kernel_datagrams(await w.open_legs(op)) is not None
+
+                await until(handed_over, f"{op}'s relayed leg in the kernel")
+                legs = await w.open_legs(op)
+                userspace[op] = relayed_datagrams(legs) - (kernel_datagrams(legs) or 0)
             ab, ba = await exchange(bill, bill_conn, dave, dave_conn, 200)
             assert (ab, ba) == (200, 200)
             assert relayed_datagrams(await w.open_legs("Alpha")) >= 400
+            for op in offload:
+                legs = await w.open_legs(op)
+                kernel = kernel_datagrams(legs)
+                assert kernel is not None and kernel >= 400, (op, kernel)  # the kernel's count
+                assert relayed_datagrams(legs) - kernel == userspace[op], op  # userspace idle
             await hang_up(bill, bill_conn, dave, dave_conn)
             await until(lambda: nothing_open(w), "the relays released")
+            for op in offload:
+                # Released: no rule of the kernel relay, no conntrack entry its rules marked.
+                core = f"{op.lower()}-core"
+                assert w.nft_rules(core, RELAY_TABLE) == [], op
+                assert w.conntrack_count(core, "--mark", RELAY_MARK) == 0, op
 
     run(main())
 

@@ -12,10 +12,8 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import os
-import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from ims.sip.uri import SipUri
 from ims.sip.useragent import UserAgent
 from ims.testbed.builder import run_command
 from ims.testbed.netns import NamespaceError, NamespaceLoop
+from ims.testbed.requirements import missing_for_world
 from ims.testbed.world import PcpMode, TestbedWorld, WorldLeftovers
 from ue_ua.agent import UeAgent
 
@@ -43,16 +42,7 @@ BETA_DOMAIN = "ims.mnc002.mcc001.3gppnetwork.org"
 
 
 def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps"),
-                          ("ss", "iproute2"), ("turnserver", "coturn"),
-                          ("conntrack", "conntrack")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
+    return missing_for_world()
 
 
 @pytest.fixture(autouse=True)

@@ -215,6 +215,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --testbed: the namespace name prefix (default the testbed's, uec-)",
     )  # fmt: skip
     parser.add_argument(
+        "--delay", type=int, default=None, metavar="MS",
+        help="with --testbed: MS ms one-way on every link (netem, else NFQUEUE; docs/testbed.md)",
+    )  # fmt: skip
+    parser.add_argument(
         "--state-dir", type=Path, default=None, metavar="DIR",
         help="with --testbed: the testbed's state directory (default the testbed's); a "
         "testbed already up there with the same options is used and left up",
@@ -249,6 +253,7 @@ class TestbedOptions:
     nat: str = "symmetric"
     prefix: str | None = None
     state_dir: Path | None = None
+    delay_ms: int | None = None
 
 
 @dataclass
@@ -551,7 +556,8 @@ async def _running(out: Path, scenario: Scenario,
     if testbed.state_dir is not None:
         options["state_dir"] = testbed.state_dir
     async with TestbedWorld.start(nat=testbed.nat, pcp=scenario.pcp, gateway=scenario.gateway,
-                                  trace=True, workdir=out, **options) as world:
+                                  trace=True, workdir=out, delay_ms=testbed.delay_ms,
+                                  **options) as world:
         yield _Testbed(world)
 
 
@@ -1244,6 +1250,8 @@ def _cannot_run(args: argparse.Namespace) -> str | None:
     if not args.testbed:
         if args.prefix is not None or args.state_dir is not None or args.nat != "symmetric":
             return "--nat, --prefix and --state-dir go with --testbed only"
+        if args.delay is not None:
+            return "--delay goes with --testbed only"
         if scenario.testbed_only:
             return UNASSISTED_NEEDS_TESTBED
     else:
@@ -1265,7 +1273,8 @@ def _demo(args: argparse.Namespace) -> int:
     if problem:
         print(f"ueconnect demo: {problem}", file=sys.stderr)
         return 2
-    testbed = TestbedOptions(args.nat, args.prefix, args.state_dir) if args.testbed else None
+    testbed = (TestbedOptions(args.nat, args.prefix, args.state_dir, args.delay)
+               if args.testbed else None)
     where = "the testbed world" if testbed else "the embedded world"
     try:
         if args.serve:

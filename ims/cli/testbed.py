@@ -7,12 +7,25 @@ import sys
 from pathlib import Path
 
 from ims.testbed.builder import TestbedBuilder, check_host
-from ims.testbed.errors import AlreadyUp, NamespaceTaken, StateUnreadable, TestbedError
+from ims.testbed.errors import (
+    AlreadyUp,
+    NamespaceTaken,
+    NetemUnavailable,
+    StateUnreadable,
+    TestbedError,
+)
 from ims.testbed.state import DEFAULT_STATE_DIR
 from ims.testbed.topology import PREFIX, NatBehaviour, TestbedOptions, build_plan
 
 # `status` exit codes: up, partly there (a failed or interrupted up), nothing recorded.
 STATUS_UP, STATUS_PARTIAL, STATUS_DOWN = 0, 1, 3
+# `up` is one command that exits: nothing of it stays to hold an NFQUEUE consumer, which the
+# delay without netem needs for as long as the delay lasts; the world process does hold one.
+NETEM_FALLBACKS = (
+    "without sch_netem, a process that stays can delay instead: the testbed world "
+    "(`sudo ueconnect demo --testbed --delay MS`, `TestbedWorld.start(delay_ms=MS)`) and the "
+    "benchmark (`sudo python3 -m bench setup_time --delay MS`) fall back to NFQUEUE "
+    "(ims/testbed/delay.py, needs iptables-legacy) and say so")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +52,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     help="CGN mapping: symmetric = new random port per destination (default); "
                          "eim = endpoint-independent (source port kept)")
     up.add_argument("--netem-delay", type=int, metavar="MS",
-                    help="one-way delay on each UE's radio link (needs the sch_netem module)")
+                    help="one-way delay on the egress of every link interface, by tc netem "
+                         "(needs the kernel's sch_netem; the testbed world and the setup_time "
+                         "benchmark fall back to NFQUEUE without it)")
     up.add_argument("--prefix", default=PREFIX, metavar="uec-NAME-",
                     help=f"namespace name prefix (default {PREFIX}); another prefix and "
                          "--state-dir make a second testbed beside the first")
@@ -85,15 +100,16 @@ def _up(args: argparse.Namespace) -> int:
     except (AlreadyUp, NamespaceTaken, StateUnreadable) as exc:
         return _fail("up", str(exc))  # refused before touching anything: nothing to undo
     except TestbedError as exc:
+        problem = f"{exc}\n{NETEM_FALLBACKS}" if isinstance(exc, NetemUnavailable) else str(exc)
         if args.keep_partial:
-            return _fail("up", f"{exc}\nwhat was built is kept (state "
+            return _fail("up", f"{problem}\nwhat was built is kept (state "
                                f"{builder.state_file.path}); `ueconnect testbed down` removes it")
         try:
             builder.down()
         except TestbedError as cleanup:
-            return _fail("up", f"{exc}\nremoving the partial testbed failed too: {cleanup}; "
+            return _fail("up", f"{problem}\nremoving the partial testbed failed too: {cleanup}; "
                                f"the state {builder.state_file.path} names what is left")
-        return _fail("up", f"{exc}\nthe partial testbed was removed")
+        return _fail("up", f"{problem}\nthe partial testbed was removed")
     again = before is not None and before.complete
     print(f"testbed {'already up' if again else 'up'}: --nat {options.nat.value}, "
           f"{len(state.namespaces)} namespaces ({options.prefix}*), state "

@@ -26,7 +26,7 @@ from ims.testbed.errors import (
     ToolMissing,
 )
 from ims.testbed.state import DEFAULT_STATE_DIR, StateFile, TestbedState
-from ims.testbed.topology import PREFIX, Plan, build_plan
+from ims.testbed.topology import PREFIX, Plan, Sysctl, build_plan
 
 # runner(argv, stdin text or None) -> stdout; raises CommandFailed / ToolMissing.
 Runner = Callable[[Sequence[str], str | None], str]
@@ -196,18 +196,21 @@ class TestbedBuilder:
 
     def _sysctls(self, plan: Plan, *, optional: bool) -> list[str]:
         warnings: list[str] = []
-        by_netns: dict[str, list[str]] = {}
+        by_netns: dict[str, list[Sysctl]] = {}
         for s in plan.sysctls:
             if s.optional == optional:
-                by_netns.setdefault(s.netns, []).append(f"{s.key}={s.value}")
-        for netns, settings in by_netns.items():
+                by_netns.setdefault(s.netns, []).append(s)
+        for netns, sysctls in by_netns.items():
+            settings = [f"{s.key}={s.value}" for s in sysctls]
             if not optional:
                 self._run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", *settings])
                 continue
-            for setting in settings:  # one by one: each may be missing on its own
+            for s, setting in zip(sysctls, settings, strict=True):  # each may be missing alone
                 try:
                     self._run(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", setting])
                 except CommandFailed as exc:
+                    if s.absent_ok and "No such file" in exc.stderr:
+                        continue  # the kernel lacks the feature the key would configure
                     warnings.append(f"{netns}: {setting} not set ({exc.stderr.strip()}); the "
                                     "kernel default applies")
         return warnings

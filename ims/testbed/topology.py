@@ -24,7 +24,7 @@ The plan is pure data: building it reads no clock and touches nothing; `builder`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from ims.dns.worlds import WORLDS, World
@@ -143,6 +143,9 @@ class Sysctl:
     # conntrack keys exist only once the NAT ruleset has loaded nf_conntrack; a kernel
     # without per-namespace conntrack sysctls is tolerated (recorded as a warning).
     optional: bool = False
+    # A key that only matters where it exists (a kernel without the feature needs no
+    # setting): its absence is skipped without a warning.
+    absent_ok: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,8 @@ class NatRuleset:
 
 @dataclass(frozen=True)
 class Delay:
-    """netem delay on `dev`'s egress: each direction of a link gets its own."""
+    """A one-way delay on `dev`'s egress (netem, or NFQUEUE where the kernel has no netem);
+    the two ends of a link each get their own, so each direction is delayed once."""
 
     netns: str
     dev: str
@@ -235,8 +239,15 @@ def build_plan(options: TestbedOptions, world: World | None = None) -> Plan:
     addresses: list[Address] = []
     routes: list[Route] = []
     sysctls = [Sysctl(ix, "net.ipv4.ip_forward", "1")]
+    # The bridge forwards frames between the cores and the DNS host as a switch does, outside
+    # the router's IP layer: br_netfilter, where the kernel has it, would hand them to
+    # iptables as leaving br0, and a per-link delay there (NFQUEUE, see link_delays) would
+    # then count twice on those paths where netem (on br0's qdisc, which bridged frames do
+    # not cross) counts once. Off in the router's namespace; absent without br_netfilter.
+    sysctls += [Sysctl(ix, f"net.bridge.bridge-nf-call-{tables}", "0", optional=True,
+                       absent_ok=True)
+                for tables in ("iptables", "ip6tables", "arptables")]
     rulesets: list[NatRuleset] = []
-    delays: list[Delay] = []
     bridge_ports: list[str] = []
     addresses.append(Address(ix, "br0", f"{IX_V4}/{INTER_OPERATOR_V4_PREFIX}"))
     addresses.append(Address(ix, "br0", f"{IX_V6}/{INTER_OPERATOR_V6_PREFIX}"))
@@ -265,16 +276,14 @@ def build_plan(options: TestbedOptions, world: World | None = None) -> Plan:
             addresses.append(Address(core, "eth0", f"{role.ipv4}/{INTER_OPERATOR_V4_PREFIX}"))
             addresses.append(Address(core, "eth0", f"{role.ipv6}/{INTER_OPERATOR_V6_PREFIX}"))
         nameservers.setdefault(op.nameserver.ipv4, op.nameserver.ipv6)
-        sysctls += [Sysctl(cgn, "net.ipv4.ip_forward", "1"),
+        # The core forwards for its relay's kernel offload ([gateway] relay_offload = "nft").
+        sysctls += [Sysctl(core, "net.ipv4.ip_forward", "1"),
+                    Sysctl(cgn, "net.ipv4.ip_forward", "1"),
                     Sysctl(cgn, "net.netfilter.nf_conntrack_udp_timeout",
                            str(options.udp_timeout), optional=True),
                     Sysctl(cgn, "net.netfilter.nf_conntrack_udp_timeout_stream",
                            str(options.udp_stream_timeout), optional=True)]
         rulesets.append(NatRuleset(cgn, NAT_TABLE, render_nat(options.nat, public)))
-        if options.netem_delay_ms is not None:
-            # The radio link, both directions: the UE's uplink and the CGN's downlink.
-            delays += [Delay(ue, "eth0", options.netem_delay_ms),
-                       Delay(cgn, "in0", options.netem_delay_ms)]
 
     namespaces.append(Namespace(dns, "DNS server of the inter-operator network"))
     links.append(VethLink(dns, "eth0", ix, "dns"))
@@ -283,7 +292,29 @@ def build_plan(options: TestbedOptions, world: World | None = None) -> Plan:
         addresses.append(Address(dns, "eth0", f"{v4}/{INTER_OPERATOR_V4_PREFIX}"))
         addresses.append(Address(dns, "eth0", f"{v6}/{INTER_OPERATOR_V6_PREFIX}"))
     routes += [Route(dns, "default", IX_V4), Route(dns, "default", IX_V6)]
-    return Plan(options=options, namespaces=tuple(namespaces), links=tuple(links),
+    plan = Plan(options=options, namespaces=tuple(namespaces), links=tuple(links),
                 bridges=(Bridge(ix, "br0", tuple(bridge_ports)),),
                 addresses=tuple(addresses), routes=tuple(routes), sysctls=tuple(sysctls),
-                rulesets=tuple(rulesets), delays=tuple(delays))
+                rulesets=tuple(rulesets))
+    if options.netem_delay_ms is None:
+        return plan
+    return replace(plan, delays=link_delays(plan, options.netem_delay_ms))
+
+
+def link_delays(plan: Plan, ms: int) -> tuple[Delay, ...]:
+    """`ms` milliseconds on the egress of every interface that carries one of `plan`'s links.
+
+    That is both ends of each veth, except the ends that are ports of a bridge: for those the
+    bridge itself is the router's interface (br0). In the testbed: each UE's eth0, each CGN's
+    in0 and out0, the router's alpha0, beta0 and br0, each core's and the DNS host's eth0.
+    A datagram is delayed once per interface it leaves through, so a path's one-way delay is
+    `ms` times the interfaces it leaves: a UE to its own core 3 (UE eth0, CGN out0, router
+    br0), UE to UE 4, core to core or DNS 1 (bridged: only the sender's eth0).
+    """
+    if not 1 <= ms <= 10_000:
+        raise TestbedUsageError(f"delay {ms} ms: give 1 to 10000 milliseconds")
+    ports = {(bridge.netns, port) for bridge in plan.bridges for port in bridge.ports}
+    ends = [end for link in plan.links
+            for end in ((link.netns, link.dev), (link.peer_netns, link.peer_dev))]
+    ends += [(bridge.netns, bridge.name) for bridge in plan.bridges]
+    return tuple(Delay(netns, dev, ms) for netns, dev in ends if (netns, dev) not in ports)

@@ -13,11 +13,16 @@ i.e. one thread with its own asyncio loop, per namespace):
   world's (ims/embedded.py) with the testbed addresses of ims/dns/worlds.py, [gateway] mode pcp
   towards its own CGN (relay while the tree has no PCP gateway), the demo subscribers
   provisioned;
-- each `<op>-ue`: an idle loop for the UE side; tests and the demo run their UEs there.
+- each `<op>-ue`: an idle loop for the UE side; tests and the demo run their UEs there;
+- with `delay_ms`, first of all: that one-way delay on the egress of every interface of the
+  testbed's links (`topology.link_delays`), by `tc netem` where the kernel has it, else by
+  ims.testbed.delay's NFQUEUE `LinkDelay`s run in each namespace's loop (the router `ix` gets
+  a loop for its three).
 
 `close()` stops it all in reverse order and then proves nothing is left: no socket of ours in
-any namespace, no PCP table in a CGN, coturn gone, every loop thread joined; when the world
-built the testbed itself it also takes it down (after a failed start too).
+any namespace, no PCP table in a CGN, no netem qdisc, NFQUEUE rule or bound queue, coturn gone,
+every loop thread joined; when the world built the testbed itself it also takes it down (after
+a failed start too).
 """
 
 from __future__ import annotations
@@ -34,7 +39,6 @@ import logging
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -44,7 +48,15 @@ from typing import Any, TypeVar, cast
 from ims.config import GatewayConfig, GatewayMode, Role, load_config
 from ims.dns import worlds
 from ims.dns.server import start_server
-from ims.embedded import DemoSubscriber, demo_subscribers
+from ims.embedded import (
+    DemoSubscriber,
+    TomlValue,
+    demo_subscribers,
+    operator_config_text,
+    provision,
+)
+from ims.gateway.nft_relay import DEFAULT_TABLE as RELAY_TABLE
+from ims.gateway.relay import RelayOffload
 from ims.operator import Operator
 from ims.pcp.aioserver import RunningPcpServer, start_pcp_server
 from ims.pcp.codec import IPAddress
@@ -53,23 +65,28 @@ from ims.pcp.nft import DEFAULT_TABLE, FAMILY, NftMappingTable
 from ims.pcp.server import Mapping, PcpServer, PcpServerConfig
 from ims.sip.address import Address
 from ims.sip.transaction import TimerSettings
-from ims.store import Store, new_subscriber, open_store
+from ims.store import open_store
 from ims.testbed.builder import TestbedBuilder, run_command
-from ims.testbed.errors import CommandFailed, TestbedError, ToolMissing
+from ims.testbed.delay import IPTABLES, RunningLinkDelay, probe_netem, start_link_delay
+from ims.testbed.errors import CommandFailed, TestbedError, TestbedUsageError, ToolMissing
 from ims.testbed.netns import NamespaceLoop
 from ims.testbed.state import DEFAULT_STATE_DIR
 from ims.testbed.topology import (
     PREFIX,
     PUBLIC_SIDES,
     UE_ADDRESS,
+    Delay,
     NatBehaviour,
     Plan,
     TestbedOptions,
     build_plan,
+    link_delays,
 )
 
 __all__ = [
     "STUN_PORT",
+    "DelayMechanism",
+    "GatewaySettings",
     "PcpMode",
     "TestbedWorld",
     "WorldError",
@@ -99,6 +116,13 @@ class WorldLeftovers(WorldError):
     def __init__(self, leftovers: Sequence[str]) -> None:
         super().__init__("the testbed world left behind: " + "; ".join(leftovers))
         self.leftovers = tuple(leftovers)
+
+
+class DelayMechanism(enum.StrEnum):
+    """What carries the world's per-link delay."""
+
+    NETEM = "netem"  # tc qdisc netem on each interface (kernel CONFIG_NET_SCH_NETEM)
+    NFQUEUE = "nfqueue"  # ims.testbed.delay: an iptables NFQUEUE rule, the wait in our loops
 
 
 class PcpMode(enum.StrEnum):
@@ -173,69 +197,41 @@ def core_addresses(op: worlds.Operator) -> tuple[str, ...]:
     return tuple(role.ipv4 for role in (*op.roles, *op.borders))
 
 
-def _listen(role: worlds.Role) -> str:
-    return f'["udp:{role.ipv4}:{role.port}", "tcp:{role.ipv4}:{role.port}"]'
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The [gateway] the world gives each operator. A gateway option of the world is a field
+    here, a keyword of `TestbedWorld.start` and a key in `table`."""
+
+    mode: GatewayMode
+    pcp_lifetime: int = 120  # seconds asked of the CGN's PCP server
+    pcp_timeout: float = 2.0  # seconds the PCP client waits for the server
+    # The relay's forwarding: in the kernel (nft DNAT/SNAT, ims/gateway/nft_relay.py) once
+    # both peers are known, as the testbed wants; "none" keeps it in userspace.
+    relay_offload: RelayOffload = RelayOffload.NFT
+
+    def table(self, op: worlds.Operator) -> dict[str, TomlValue]:
+        """The keys of `op`'s [gateway]: the relay on its S-CSCF address, PCP towards its own
+        CGN's public address."""
+        table: dict[str, TomlValue] = {"mode": self.mode.value}
+        if self.mode is not GatewayMode.OFF:
+            scscf = next(r for r in op.roles if r.name == "scscf")
+            table |= {"relay_address": scscf.ipv4, "lifetime": 300,
+                      "relay_offload": self.relay_offload.value}
+        if self.mode is GatewayMode.PCP:
+            public, _ = PUBLIC_SIDES[op.name]
+            table |= {"pcp_server": f"{public}:{SERVER_PORT}",
+                      "pcp_lifetime": self.pcp_lifetime, "pcp_timeout": self.pcp_timeout}
+        return table
 
 
-def config_text(op: worlds.Operator, *, gateway: GatewayMode, pcp_lifetime: int,
-                pcp_timeout: float, trace: Path | None) -> str:
-    """The TOML config of one testbed operator (the embedded one with testbed addresses)."""
-    roles = {r.name: r for r in op.roles}
-    borders = ", ".join(f'"udp:{b.ipv4}:{b.port}", "tcp:{b.ipv4}:{b.port}"' for b in op.borders)
-    peers = ""
-    for other in WORLD.operators:
-        if other is op:
-            continue
-        admit = ", ".join(f'"{a}/32"' for a in core_addresses(other))
-        peers += (f'[[border.peers]]\nname = "{other.name}"\nplmn = "{other.mcc}-{other.mnc}"\n'
-                  f"admit_from = [{admit}]\n")
-    public, _ = PUBLIC_SIDES[op.name]
-    gateway_lines = f'mode = "{gateway.value}"\n'
-    if gateway is not GatewayMode.OFF:
-        gateway_lines += f'relay_address = "{roles["scscf"].ipv4}"\nlifetime = 300\n'
-    if gateway is GatewayMode.PCP:
-        gateway_lines += (f'pcp_server = "{public}:{SERVER_PORT}"\npcp_lifetime = {pcp_lifetime}\n'
-                          f"pcp_timeout = {pcp_timeout:g}\n")
-    trace_section = f'\n[trace]\npath = "{trace}"\n' if trace is not None else ""
-    return f"""# Generated by ims/testbed/world.py for the namespace testbed.
-[operator]
-name = "{op.name}"
-plmn = "{op.mcc}-{op.mnc}"
-mnc_digits = {len(op.mnc)}
-
-[store]
-backend = "sqlite"
-path = "{op.name.lower()}.sqlite"
-
-[dns]
-server = "{op.nameserver.ipv4}:{op.nameserver.port}"
-timeout = 1.0
-
-[pcscf]
-listen = {_listen(roles["pcscf"])}
-
-[scscf]
-listen = {_listen(roles["scscf"])}
-
-[border]
-listen = [{borders}]
-{peers}
-[permission]
-deadline = 5
-
-[gateway]
-{gateway_lines}{trace_section}
-[log]
-level = "warning"
-"""
-
-
-def _provision(store: Store, op: str, subscribers: Sequence[DemoSubscriber], realm: str) -> None:
-    for sub in subscribers:
-        if sub.operator == op and store.subscribers.get(sub.impi) is None:
-            store.subscribers.add(new_subscriber(sub.impi, [sub.sip_uri, sub.tel_uri],
-                                                 sub.password, realm, now=time.time(),
-                                                 display_name=sub.name))
+def config_text(op: worlds.Operator, gateway: GatewaySettings, trace: Path | None) -> str:
+    """The TOML config of one testbed operator: the embedded one (ims/embedded.py) with the
+    testbed's addresses, peers admitted from their core addresses, DNS on the DNS host."""
+    return operator_config_text(
+        op, WORLD, generated_by="ims/testbed/world.py for the namespace testbed",
+        dns={"server": f"{op.nameserver.ipv4}:{op.nameserver.port}", "timeout": 1.0},
+        admit_from=lambda other: tuple(f"{a}/32" for a in core_addresses(other)),
+        permission_deadline=5, gateway=gateway.table(op), trace=trace)
 
 
 # -- the world ---------------------------------------------------------------------------------
@@ -249,21 +245,49 @@ class TestbedWorld:
 
     plan: Plan
     pcp: PcpMode
-    gateway_mode: GatewayMode
+    gateway: GatewaySettings
     workdir: Path
     trace: Path | None
     subscribers: tuple[DemoSubscriber, ...]
+    # The per-link delay (None: none): the interfaces and the mechanism carrying it, and why
+    # that one (netem where the kernel has it, NFQUEUE otherwise).
+    delay_ms: int | None = None
+    link_delays: tuple[Delay, ...] = ()
+    delay_mechanism: DelayMechanism | None = None
+    delay_reason: str = ""
     loops: dict[str, NamespaceLoop] = field(default_factory=dict)  # by role: "alpha-ue", ...
     operators: dict[str, Operator] = field(default_factory=dict)  # "Alpha", "Beta"
     pcp_servers: dict[str, RunningPcpServer | RefusingPcpServer] = field(default_factory=dict)
     stun_process: subprocess.Popen[bytes] | None = None
     owns_testbed: bool = False
+    _link_delays: list[RunningLinkDelay] = field(default_factory=list)  # NFQUEUE only
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     stun_server = (WORLD.operators[0].nameserver.ipv4, STUN_PORT)
     dns_server = (WORLD.operators[0].nameserver.ipv4, DNS_PORT)
 
     # -- what tests and the demo use -----------------------------------------------------------
+
+    @property
+    def gateway_mode(self) -> GatewayMode:
+        """The operators' [gateway] mode."""
+        return self.gateway.mode
+
+    def delay_counters(self) -> dict[str, tuple[int, int]]:
+        """With NFQUEUE, per link ("alpha-ue:eth0"): (packets delayed, packets passed without
+        the delay: beyond the backlog or waiting at close); {} with netem or no delay."""
+        prefix = self.plan.options.prefix
+        return {f"{d.netns.removeprefix(prefix)}:{d.dev}": (d.delayed, d.dropped)
+                for d in self._link_delays}
+
+    def describe_delay(self) -> str:
+        """One line: the delay, where and by what ("none" without)."""
+        if self.delay_ms is None or self.delay_mechanism is None:
+            return "no added link delay"
+        prefix = self.plan.options.prefix
+        links = ", ".join(f"{d.netns.removeprefix(prefix)}:{d.dev}" for d in self.link_delays)
+        return (f"{self.delay_ms} ms one-way on the egress of {len(self.link_delays)} "
+                f"interfaces ({links}) by {self.delay_mechanism.value} ({self.delay_reason})")
 
     def loop(self, role: str) -> NamespaceLoop:
         """The loop of `role` ("alpha-ue", "beta-core", "dns", ...)."""
@@ -410,17 +434,34 @@ class TestbedWorld:
         pcp_lifetime: int = 120,
         pcp_timeout: float = 2.0,
         stun: bool = True,
+        delay_ms: int | None = None,
+        delay_mechanism: DelayMechanism | str | None = None,
+        relay_offload: RelayOffload | str = RelayOffload.NFT,
     ) -> AsyncIterator[TestbedWorld]:
         """Run the world on the testbed in `state_dir` (built here, and taken down on exit,
         when none is recorded there; reused when one is up with the same options).
 
         `gateway` is the operators' [gateway] mode: default pcp when the tree has it wired
         (`pcp_gateway_available()`), else relay; "off" for unassisted. `trace` True writes
-        workdir/trace.jsonl (or give a path). Raises WorldLeftovers from the exit when the
-        close found something left (unless the block itself raised).
+        workdir/trace.jsonl (or give a path). `delay_ms`: a one-way delay on the egress of
+        every interface of the testbed's links (topology.link_delays), before anything
+        starts, removed on close; by netem where the kernel has it, else by NFQUEUE
+        (ims/testbed/delay.py); `delay_mechanism` forces one. `relay_offload` "nft" (default)
+        lets the relays forward in the kernel, "none" keeps them in userspace. Raises
+        WorldLeftovers from the exit when the close found something left (unless the block
+        itself raised).
         """
         plan = build_plan(TestbedOptions(nat=NatBehaviour(nat), prefix=prefix))
         pcp_mode = PcpMode(pcp)
+        if delay_ms is not None and not 1 <= delay_ms <= 10_000:
+            raise TestbedUsageError(f"delay_ms {delay_ms}: give 1 to 10000 milliseconds")
+        try:
+            forced = None if delay_mechanism is None else DelayMechanism(delay_mechanism)
+        except ValueError:
+            raise TestbedUsageError(
+                f"delay_mechanism {delay_mechanism!r}: give one of "
+                f"{', '.join(m.value for m in DelayMechanism)} or None (netem where the "
+                "kernel has it)") from None
         if gateway is None:
             mode = GatewayMode.PCP if pcp_gateway_available() else GatewayMode.RELAY
         else:
@@ -437,13 +478,14 @@ class TestbedWorld:
         trace_path = (work / "trace.jsonl" if trace is True
                       else Path(trace) if trace else None)
         builder = TestbedBuilder(state_dir)
-        world = cls(plan, pcp_mode, mode, work, trace_path, demo_subscribers())
+        world = cls(plan, pcp_mode, GatewaySettings(mode, pcp_lifetime, pcp_timeout,
+                                                    RelayOffload(relay_offload)), work,
+                    trace_path, demo_subscribers(), delay_ms=delay_ms)
         failed = True
         try:
             world.owns_testbed = builder.state_file.load() is None
             await asyncio.to_thread(builder.up, plan)
-            await world._start(timers=timers, pcp_lifetime=pcp_lifetime,
-                               pcp_timeout=pcp_timeout, stun=stun)
+            await world._start(timers=timers, stun=stun, delay_mechanism=forced)
             failed = False
             yield world
         except BaseException:
@@ -464,16 +506,16 @@ class TestbedWorld:
             if leftovers:
                 log.error("the testbed world left behind: %s", "; ".join(leftovers))
 
-    async def _start(self, *, timers: TimerSettings | None, pcp_lifetime: int,
-                     pcp_timeout: float, stun: bool) -> None:
+    async def _start(self, *, timers: TimerSettings | None, stun: bool,
+                     delay_mechanism: DelayMechanism | None) -> None:
         prefix = self.plan.options.prefix
         for ns in self.plan.namespaces:
             role = ns.name.removeprefix(prefix)
             if role == "ix":
-                continue  # the router runs nothing of ours
-            loop = NamespaceLoop(ns.name)
-            await asyncio.to_thread(loop.start)
-            self.loops[role] = loop
+                continue  # the router runs nothing of ours (but an NFQUEUE delay, see there)
+            await self._start_loop(role)
+        if self.delay_ms is not None:  # first: everything after crosses delayed links
+            await self._start_delay(self.delay_ms, delay_mechanism)
         dns = self.loop("dns")
         server = await dns.run(lambda: start_server(ZONES, self.dns_server[0], DNS_PORT))
         self._stack.push_async_callback(dns.run, lambda: _close_dns(server))
@@ -482,8 +524,41 @@ class TestbedWorld:
         for op in WORLD.operators:
             await self._start_pcp(op)
         for op in WORLD.operators:
-            await self._start_operator(op, timers=timers, pcp_lifetime=pcp_lifetime,
-                                       pcp_timeout=pcp_timeout)
+            await self._start_operator(op, timers=timers)
+
+    async def _start_loop(self, role: str) -> NamespaceLoop:
+        loop = NamespaceLoop(self.plan.namespace(role))
+        await asyncio.to_thread(loop.start)
+        self.loops[role] = loop
+        return loop
+
+    async def _start_delay(self, ms: int, forced: DelayMechanism | None) -> None:
+        """`ms` on the egress of each interface of `link_delays`; removal on the stack first,
+        so it goes last on close (the operators' last messages are delayed too)."""
+        self.link_delays = link_delays(self.plan, ms)
+        if forced is None:
+            probe = await asyncio.to_thread(probe_netem)
+            mechanism = DelayMechanism.NETEM if probe.available else DelayMechanism.NFQUEUE
+            self.delay_reason = (probe.reason if probe.available
+                                 else f"no netem here: {probe.reason}")
+        else:
+            mechanism, self.delay_reason = forced, "asked for"
+        self.delay_mechanism = mechanism
+        log.info("testbed world: %s", self.describe_delay())
+        if mechanism is DelayMechanism.NETEM:
+            for delay in self.link_delays:
+                await asyncio.to_thread(_add_netem, delay)
+                self._stack.push_async_callback(asyncio.to_thread, _remove_netem, delay)
+            return
+        queues: dict[str, int] = {}  # per namespace: the next free queue number
+        for delay in self.link_delays:
+            role = delay.netns.removeprefix(self.plan.options.prefix)
+            loop = self.loops.get(role) or await self._start_loop(role)
+            queue_num = queues.get(delay.netns, 0)
+            queues[delay.netns] = queue_num + 1
+            running = await start_link_delay(loop, delay.dev, delay.ms, queue_num)
+            self._link_delays.append(running)
+            self._stack.push_async_callback(running.close)
 
     async def _start_stun(self) -> None:
         """coturn, STUN only (RFC 8489 Binding), in the DNS namespace; killed on close."""
@@ -532,21 +607,19 @@ class TestbedWorld:
         self.pcp_servers[op.name] = server
         self._stack.push_async_callback(cgn.run, server.close)
 
-    async def _start_operator(self, op: worlds.Operator, *, timers: TimerSettings | None,
-                              pcp_lifetime: int, pcp_timeout: float) -> None:
+    async def _start_operator(self, op: worlds.Operator, *, timers: TimerSettings | None
+                              ) -> None:
         core = self.core_loop(op.name)
         path = self.workdir / f"{op.name.lower()}.toml"
         for stale in (*self.workdir.glob(f"{op.name.lower()}.sqlite*"),):
             stale.unlink(missing_ok=True)
-        path.write_text(config_text(op, gateway=self.gateway_mode, pcp_lifetime=pcp_lifetime,
-                                    pcp_timeout=pcp_timeout, trace=self.trace),
-                        encoding="utf-8")
+        path.write_text(config_text(op, self.gateway, self.trace), encoding="utf-8")
         config = load_config(path)
         inner = AsyncExitStack()  # entered and closed in the core's loop (SQLite's thread)
 
         async def start() -> Operator:
             store = inner.enter_context(open_store(config.store))
-            _provision(store, op.name, self.subscribers, config.realm)
+            provision(store, op.name, self.subscribers, config.realm)
             return await inner.enter_async_context(Operator.start(config, store=store,
                                                                   timers=timers))
 
@@ -565,6 +638,7 @@ class TestbedWorld:
             leftovers.append(f"close failed: {exc!r}")
         self.operators.clear()
         self.pcp_servers.clear()
+        self._link_delays.clear()
         await self._stop_stun()
         for role, loop in list(self.loops.items()):
             try:
@@ -585,7 +659,51 @@ class TestbedWorld:
                 found.append(f"socket in {ns.name}: {' '.join(line.split())}")
             if ns.name.endswith("-cgn") and DEFAULT_TABLE in self.nft_tables(ns.name):
                 found.append(f"nft table {FAMILY} {DEFAULT_TABLE} in {ns.name}")
+            if ns.name.endswith("-core") and RELAY_TABLE in self.nft_tables(ns.name):
+                found.append(f"nft table {FAMILY} {RELAY_TABLE} in {ns.name}")
+            found += _delay_leftovers(ns.name, self.delay_mechanism)
         return found
+
+
+def _add_netem(delay: Delay) -> None:
+    try:
+        run_command(["ip", "netns", "exec", delay.netns, "tc", "qdisc", "replace", "dev",
+                     delay.dev, "root", "netem", "delay", f"{delay.ms}ms"])
+    except CommandFailed as exc:
+        if "qdisc kind is unknown" in exc.stderr:
+            raise WorldError(f"delay_mechanism netem: this kernel has no sch_netem (tc: "
+                             f"{exc.stderr.strip()}); leave delay_mechanism unset to delay "
+                             "through NFQUEUE instead") from None
+        raise
+
+
+def _remove_netem(delay: Delay) -> None:
+    try:
+        run_command(["ip", "netns", "exec", delay.netns, "tc", "qdisc", "del", "dev",
+                     delay.dev, "root"])
+    except CommandFailed as exc:  # gone with its device already; the leftover check says
+        log.warning("%s: the netem qdisc on %s was not removed: %s", delay.netns, delay.dev,
+                    exc.stderr.strip())
+
+
+def _delay_leftovers(netns: str, mechanism: DelayMechanism | None) -> list[str]:
+    """A netem qdisc, an NFQUEUE rule or a bound queue still in `netns`."""
+    found: list[str] = []
+    if mechanism is DelayMechanism.NETEM:
+        out = run_command(["ip", "netns", "exec", netns, "tc", "qdisc", "show"])
+        found += [f"netem in {netns}: {line.strip()}" for line in out.splitlines()
+                  if "netem" in line]
+    elif mechanism is DelayMechanism.NFQUEUE:
+        rules = run_command(["ip", "netns", "exec", netns, IPTABLES, "-w", "5", "-t", "mangle",
+                             "-S", "POSTROUTING"])
+        found += [f"NFQUEUE rule in {netns}: {line.strip()}" for line in rules.splitlines()
+                  if "NFQUEUE" in line]
+        # One line per queue a socket still holds bound (nfnetlink_queue's own listing).
+        queues = run_command(["ip", "netns", "exec", netns, "cat",
+                              "/proc/net/netfilter/nfnetlink_queue"])
+        found += [f"nfqueue bound in {netns}: {line.strip()}" for line in queues.splitlines()
+                  if line.strip()]
+    return found
 
 
 async def _close_dns(server: Any) -> None:
