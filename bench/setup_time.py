@@ -58,6 +58,7 @@ from typing import Any
 
 from bench import BenchConfigError, Benchmark
 from bench.machine import machine_facts
+from ims.permission.outcomes import Decision
 from ims.testbed.builder import run_command
 from ims.testbed.errors import TestbedError
 from ims.testbed.netns import NamespaceLoop
@@ -331,25 +332,9 @@ def _timed_call(w: _World) -> Callable[[], Awaitable[None]]:
 # -- one scenario ------------------------------------------------------------------------------
 
 
-async def _start_ue(world: TestbedWorld, name: str, timeout: float) -> tuple[NamespaceLoop, Any]:
-    from ims.permission.outcomes import Decision
-    from ue_ua.client import UeClient
-
-    async def allow(inquiry: object) -> Decision:
-        return Decision.ALLOW
-
-    loop = world.ue_loop(name)
-
-    async def start() -> Any:
-        client = await UeClient.start(world.ue_config(name, setup_timeout=timeout), ask=allow)
-        try:
-            await client.register()
-        except BaseException:
-            await client.close()
-            raise
-        return client
-
-    return loop, await loop.run(start)
+async def _allow(inquiry: object) -> Decision:
+    """Every UE consents: the benchmark times connections, not refusals."""
+    return Decision.ALLOW
 
 
 async def run_scenario(scenario: Scenario, settings: SetupSettings, *, prefix: str,
@@ -389,9 +374,10 @@ async def _connections(world: TestbedWorld, scenario: Scenario, settings: SetupS
     """The connections of one scenario; appends to `samples` and `failures`, counts in
     `attempted[0]`, says in `ended[0]` why it stopped early (the caller keeps them all when
     the world then fails)."""
-    bill_loop, bill = await _start_ue(world, CALLER, settings.setup_timeout)
+    bill_loop, dave_loop = world.ue_loop(CALLER), world.ue_loop(CALLEE)
+    bill = await world.start_ue(CALLER, ask=_allow, setup_timeout=settings.setup_timeout)
     try:
-        dave_loop, dave = await _start_ue(world, CALLEE, settings.setup_timeout)
+        dave = await world.start_ue(CALLEE, ask=_allow, setup_timeout=settings.setup_timeout)
     except BaseException:
         await bill_loop.run(bill.close)
         raise

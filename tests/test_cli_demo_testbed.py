@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ims.testbed.requirements import missing_for_world
 
 pytestmark = pytest.mark.root
 
@@ -26,15 +27,9 @@ NOTHING_LEAKED = {"mappings": 0, "relays": 0, "sessions": 0, "registrations": 0}
 
 
 def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("sysctl", "procps"),
-                          ("ss", "iproute2"), ("turnserver", "coturn")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
+    return missing_for_world(tools=(("ip", "iproute2"), ("nft", "nftables"),
+                                    ("sysctl", "procps"), ("ss", "iproute2"),
+                                    ("turnserver", "coturn")))
 
 
 @pytest.fixture(autouse=True)

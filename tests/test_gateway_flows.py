@@ -286,13 +286,14 @@ def test_rejected_by_callee_ue_releases_both_operators(tmp_path: Path) -> None:
 
 
 async def _exchange(a: Datagrams, a_to: tuple[str, int], b: Datagrams,
-                    b_to: tuple[str, int]) -> None:
-    for n in range(DATAGRAMS):
+                    b_to: tuple[str, int], count: int = DATAGRAMS) -> None:
+    """`count` datagrams a -> b, then `count` b -> a; each batch must arrive whole."""
+    for n in range(count):
         a.send(b"a %d" % n, a_to)
-    assert len(await b.take(DATAGRAMS)) == DATAGRAMS
-    for n in range(DATAGRAMS):
+    assert len(await b.take(count)) == count
+    for n in range(count):
         b.send(b"b %d" % n, b_to)
-    assert len(await a.take(DATAGRAMS)) == DATAGRAMS
+    assert len(await a.take(count)) == count
 
 
 def test_same_operator_call_chains_both_legs_through_one_relay(tmp_path: Path) -> None:

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import sys
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -30,7 +27,7 @@ from ims.gateway.nft_relay import (
 )
 from ims.pcp.errors import NftError
 from ims.testbed.builder import run_command
-from ims.testbed.errors import CommandFailed
+from tests.netns_helpers import recv, relay_bed, relay_conntrack
 
 RELAY = "192.0.2.12"
 A, B = ("203.0.113.2", 5000), ("198.51.100.2", 6000)
@@ -221,29 +218,9 @@ def test_bad_table_name_and_mark_are_refused() -> None:
 # -- as root: real forwarding in namespaces of our own -----------------------------------------
 
 
-def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def bed() -> Iterator[RelayBed]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        with RelayBed.create(f"uecr-{os.getpid() % 100000}") as made:
-            yield made
-    except CommandFailed as exc:
-        if "netns add" in str(exc):
-            pytest.skip(f"cannot create network namespaces here: {exc}")
-        raise
+    yield from relay_bed(f"uecr-{os.getpid() % 100000}")
 
 
 class Hosts:
@@ -274,20 +251,6 @@ class Hosts:
     def close(self) -> None:
         for sock in self.all:
             sock.close()
-
-
-def recv(sock: socket.socket, wait: float = 0.5) -> tuple[bytes, tuple[str, int]] | None:
-    sock.settimeout(wait)
-    try:
-        data, source = sock.recvfrom(2048)
-    except TimeoutError:
-        return None
-    return data, (source[0], source[1])
-
-
-def conntrack_entries(bed: RelayBed, *args: str) -> list[str]:
-    listed = run_command(["ip", "netns", "exec", bed.r, "conntrack", "-L", "-p", "udp", *args])
-    return [line for line in listed.splitlines() if line.strip()]
 
 
 @pytest.fixture
@@ -340,13 +303,13 @@ def test_a_third_host_is_not_forwarded_and_reaches_the_userspace_socket(
     relay = hosts.bed.relay_ip
     hosts.install(plane, "third")
     hosts.c.sendto(b"intruder", (relay, hosts.pa))
-    assert recv(hosts.b) is None
+    assert recv(hosts.b, 0.5) is None
     assert recv(hosts.ra) == (b"intruder", (hosts.bed.third_ip, hosts.c.getsockname()[1]))
     # A's port from another source port of A's own address: not the permitted peer either.
     stray = hosts.bed.udp_socket(hosts.bed.a, hosts.bed.peer_a_ip)
     try:
         stray.sendto(b"wrong port", (relay, hosts.pa))
-        assert recv(hosts.b) is None
+        assert recv(hosts.b, 0.5) is None
         assert recv(hosts.ra) is not None
     finally:
         stray.close()
@@ -378,8 +341,8 @@ def test_install_takes_over_flows_the_userspace_relay_carried(
     assert recv(hosts.ra) == (b"via userspace", hosts.a.getsockname())
     hosts.rb.sendto(b"via userspace", hosts.b.getsockname())  # what the userspace relay does
     assert recv(hosts.b) == (b"via userspace", (relay, hosts.pb))
-    assert conntrack_entries(hosts.bed, "--orig-dst", relay, "--dport", str(hosts.pa))
-    assert conntrack_entries(hosts.bed, "--orig-src", relay, "--sport", str(hosts.pb))
+    assert relay_conntrack(hosts.bed, "--orig-dst", relay, "--dport", str(hosts.pa))
+    assert relay_conntrack(hosts.bed, "--orig-src", relay, "--sport", str(hosts.pb))
     hosts.install(plane, "handover")
     hosts.a.sendto(b"via kernel", (relay, hosts.pa))
     assert recv(hosts.b) == (b"via kernel", (relay, hosts.pb))
@@ -402,10 +365,10 @@ def test_remove_leaves_no_rule_no_conntrack_entry_and_stops_forwarding(
                                       "ruleset"]))
     assert not [item for item in listing["nftables"] if "rule" in item]
     for port in (hosts.pa, hosts.pb):
-        assert conntrack_entries(bed, "--orig-dst", relay, "--dport", str(port)) == []
-        assert conntrack_entries(bed, "--orig-src", relay, "--sport", str(port)) == []
+        assert relay_conntrack(bed, "--orig-dst", relay, "--dport", str(port)) == []
+        assert relay_conntrack(bed, "--orig-src", relay, "--sport", str(port)) == []
     hosts.a.sendto(b"after", (relay, hosts.pa))
-    assert recv(hosts.b) is None
+    assert recv(hosts.b, 0.5) is None
     assert recv(hosts.ra) == (b"after", hosts.a.getsockname())
     hosts.b.sendto(b"after too", (relay, hosts.pb))
     assert recv(hosts.a, 0.2) is None
@@ -420,7 +383,7 @@ def test_reset_removes_the_table_and_cuts_every_marked_flow(
     hosts.a.sendto(b"x", (relay, hosts.pa))
     assert recv(hosts.b) == (b"x", (relay, hosts.pb))
     mark = f"{DEFAULT_CONNTRACK_MARK:#x}"
-    assert conntrack_entries(bed, "--mark", f"{mark}/{mark}")
+    assert relay_conntrack(bed, "--mark", f"{mark}/{mark}")
     # A new owner (a restarted process) resets: the earlier run's flow must stop too.
     restarted = NftRelayDataPlane(bed.r)
     restarted.reset()
@@ -429,9 +392,9 @@ def test_reset_removes_the_table_and_cuts_every_marked_flow(
                                      "tables"]))
     assert "ueconnect_relay" not in {t["table"]["name"] for t in tables["nftables"]
                                      if "table" in t}
-    assert conntrack_entries(bed, "--mark", f"{mark}/{mark}") == []
+    assert relay_conntrack(bed, "--mark", f"{mark}/{mark}") == []
     hosts.a.sendto(b"y", (relay, hosts.pa))
-    assert recv(hosts.b) is None
+    assert recv(hosts.b, 0.5) is None
     assert recv(hosts.ra) == (b"y", hosts.a.getsockname())
 
 

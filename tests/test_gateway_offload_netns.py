@@ -12,9 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import socket
-import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,37 +25,16 @@ from ims.gateway.nft_relay import DEFAULT_TABLE, KernelRelayCounters, RelayBed
 from ims.gateway.relay import AllocationCounters, PermittedPeer, RelayConfig, RelayOffload
 from ims.operator import Operator, OperatorError
 from ims.testbed.builder import run_command
-from ims.testbed.errors import CommandFailed
 from ims.testbed.netns import NamespaceLoop
+from tests.netns_helpers import NETNS_TOOLS, recv, relay_bed, relay_conntrack
 from tests.test_gateway_flows import _gateway_config
 
 pytestmark = pytest.mark.root
 
 
-def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack"),
-                          ("sysctl", "procps")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
-
-
 @pytest.fixture(scope="module")
 def bed() -> Iterator[RelayBed]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        with RelayBed.create(f"uecr-o{os.getpid() % 100000}") as made:
-            yield made
-    except CommandFailed as exc:
-        if "netns add" in str(exc):
-            pytest.skip(f"cannot create network namespaces here: {exc}")
-        raise
+    yield from relay_bed(f"uecr-o{os.getpid() % 100000}", (*NETNS_TOOLS, ("sysctl", "procps")))
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -80,24 +56,10 @@ async def relay_in(bed: RelayBed) -> AsyncIterator[tuple[NamespaceLoop, RelaySer
             await r.run(relay.close)
 
 
-def recv(sock: socket.socket, wait: float = 1.0) -> tuple[bytes, tuple[str, int]] | None:
-    sock.settimeout(wait)
-    try:
-        data, source = sock.recvfrom(2048)
-    except TimeoutError:
-        return None
-    return data, (source[0], source[1])
-
-
 def rules(bed: RelayBed) -> list[dict[str, Any]]:
     listing = json.loads(run_command(["ip", "netns", "exec", bed.r, "nft", "-j", "list",
                                       "ruleset"]))
     return [item["rule"] for item in listing["nftables"] if "rule" in item]
-
-
-def conntrack(bed: RelayBed, *args: str) -> list[str]:
-    listed = run_command(["ip", "netns", "exec", bed.r, "conntrack", "-L", "-p", "udp", *args])
-    return [line for line in listed.splitlines() if line.strip()]
 
 
 async def _until_in_kernel(r: NamespaceLoop, relay: RelayService, allocation_id: int) -> None:
@@ -151,8 +113,8 @@ def test_first_datagrams_in_userspace_then_the_kernel_forwards_and_release_ends_
             # No rule, no conntrack entry of the flow, no socket: nothing forwards any more.
             assert rules(bed) == []
             for port in (pa, pb):
-                assert conntrack(bed, "--orig-dst", relay_ip, "--dport", str(port)) == []
-                assert conntrack(bed, "--orig-src", relay_ip, "--sport", str(port)) == []
+                assert relay_conntrack(bed, "--orig-dst", relay_ip, "--dport", str(port)) == []
+                assert relay_conntrack(bed, "--orig-src", relay_ip, "--sport", str(port)) == []
             assert r.call(relay.open_sockets) == 0
             a.sendto(b"after release", (relay_ip, pa))
             assert recv(b, 0.3) is None

@@ -62,9 +62,9 @@ from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall
 from tests.test_gateway_flows import (
     SDP,
-    Datagrams,
     _answer,
     _asking,
+    _exchange,
     _gateway_config,
     _invite,
     _offer,
@@ -299,21 +299,11 @@ def test_refusing_cgns_fall_back_to_the_relays_which_carry_the_datagrams(tmp_pat
             to_alpha = _default(call.remote_body)
             beta_relay = stream_endpoints(parse_sdp(incoming.request.body), 0).candidates[-1]
             to_beta = (beta_relay.address, beta_relay.port)
-            await _exchange(bill, to_alpha, dave, to_beta)
+            await _exchange(bill, to_alpha, dave, to_beta, count=20)
             assert (await call.bye()).status_code == 200
             await _until(lambda: _released(alpha, beta), "both relays released")
 
     run(main())
-
-
-async def _exchange(a: Datagrams, a_to: tuple[str, int], b: Datagrams,
-                    b_to: tuple[str, int]) -> None:
-    for n in range(20):
-        a.send(b"a %d" % n, a_to)
-    assert len(await b.take(20)) == 20
-    for n in range(20):
-        b.send(b"b %d" % n, b_to)
-    assert len(await a.take(20)) == 20
 
 
 def test_unanswered_pcp_falls_back_within_pcp_timeout(tmp_path: Path) -> None:

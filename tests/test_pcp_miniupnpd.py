@@ -25,7 +25,6 @@ Needs root, ip, nft, miniupnpd (+ miniupnpd-nftables) and coturn; skips naming w
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pcp_netns import ROOT, NatBed, sh
+from ims.testbed.requirements import missing_for_world
+from tests.netns_helpers import ROOT, NatBed
 
 pytestmark = pytest.mark.root
 
@@ -110,15 +110,11 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sy
 
 
 def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and run miniupnpd (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"),
-                          ("miniupnpd", "miniupnpd and miniupnpd-nftables"),
-                          ("turnserver", "coturn")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
+    missing = missing_for_world(tools=(("ip", "iproute2"), ("nft", "nftables"),
+                                       ("miniupnpd", "miniupnpd and miniupnpd-nftables"),
+                                       ("turnserver", "coturn")))
+    if missing:
+        return missing
     version = subprocess.run(["miniupnpd", "--version"], capture_output=True, text=True,
                              timeout=10, check=False)
     if "nftables" not in version.stdout + version.stderr:
@@ -180,60 +176,42 @@ def miniupnpd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Miniupnpd]:
     if reason:
         pytest.skip(reason)
     tag = f"uecm-{os.getpid() % 100000}"
-    bed = NatBed(f"{tag}-lan", f"{tag}-gw", f"{tag}-out")
     workdir = tmp_path_factory.mktemp("miniupnpd")
-    coturn: subprocess.Popen[bytes] | None = None
-    daemon: subprocess.Popen[bytes] | None = None
-    try:
+    with NatBed(f"{tag}-lan", f"{tag}-gw", f"{tag}-out").built(
+            inside=("lan0", (f"{GW_INSIDE}/24",)), outside=("wan0", (f"{EXTERNAL}/24",)),
+            ue=(f"{UE}/24", f"{GATEWAY}/24"),
+            peer=tuple(f"{a}/24" for a in (REMOTE, STUN_PRIMARY, STUN_OTHER)),
+            ruleset=MINIUPNPD_NFT) as bed:
+        coturn: subprocess.Popen[bytes] | None = None
+        daemon: subprocess.Popen[bytes] | None = None
         try:
-            for ns in (bed.ue, bed.cgn, bed.peer):
-                sh("ip", "netns", "add", ns)
-        except RuntimeError as exc:
-            pytest.skip(f"cannot create network namespaces here: {exc}")
-        sh("ip", "-n", bed.ue, "link", "add", "eth0", "type", "veth", "peer", "name", "lan0",
-           "netns", bed.cgn)
-        sh("ip", "-n", bed.peer, "link", "add", "eth0", "type", "veth", "peer", "name", "wan0",
-           "netns", bed.cgn)
-        for ns, dev, addrs in ((bed.ue, "eth0", (UE, GATEWAY)), (bed.cgn, "lan0", (GW_INSIDE,)),
-                               (bed.cgn, "wan0", (EXTERNAL,)),
-                               (bed.peer, "eth0", (REMOTE, STUN_PRIMARY, STUN_OTHER))):
-            for addr in addrs:
-                sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", bed.ue, "route", "add", "default", "via", GW_INSIDE)
-        bed.run(bed.cgn, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        sh("ip", "netns", "exec", bed.cgn, "nft", "-f", "-", stdin=MINIUPNPD_NFT)
+            # coturn on two addresses answers RFC 5780 CHANGE-REQUESTs from the other one.
+            coturn_log = workdir / "turnserver.log"
+            coturn = _start(bed.peer, [
+                "turnserver", "-n", "--stun-only", "--listening-ip", STUN_PRIMARY,
+                "--listening-ip", STUN_OTHER, "--listening-port", str(STUN_PORT), "--no-cli",
+                "--no-tls", "--no-dtls", "--no-tcp", "--db", str(workdir / "turndb"),
+                "--pidfile", str(workdir / "turnserver.pid"), "--log-file", "stdout",
+                "--simple-log"], coturn_log)
+            _wait_for("coturn did not listen on both STUN addresses",
+                      lambda: all(f"{a}:{p}" in bed.run(bed.peer, "ss", "-Hlun", check=False)
+                                  for a in (STUN_PRIMARY, STUN_OTHER)
+                                  for p in (STUN_PORT, STUN_PORT + 1)),
+                      coturn, coturn_log, 5.0)
 
-        # coturn on two addresses answers RFC 5780 CHANGE-REQUESTs from the other one.
-        coturn_log = workdir / "turnserver.log"
-        coturn = _start(bed.peer, [
-            "turnserver", "-n", "--stun-only", "--listening-ip", STUN_PRIMARY,
-            "--listening-ip", STUN_OTHER, "--listening-port", str(STUN_PORT), "--no-cli",
-            "--no-tls", "--no-dtls", "--no-tcp", "--db", str(workdir / "turndb"),
-            "--pidfile", str(workdir / "turnserver.pid"), "--log-file", "stdout",
-            "--simple-log"], coturn_log)
-        _wait_for("coturn did not listen on both STUN addresses",
-                  lambda: all(f"{a}:{p}" in bed.run(bed.peer, "ss", "-Hlun", check=False)
-                              for a in (STUN_PRIMARY, STUN_OTHER)
-                              for p in (STUN_PORT, STUN_PORT + 1)),
-                  coturn, coturn_log, 5.0)
-
-        conf = workdir / "miniupnpd.conf"
-        conf.write_text(MINIUPNPD_CONF.format(stun=STUN_PRIMARY, port=STUN_PORT))
-        log = workdir / "miniupnpd.log"
-        daemon = _start(bed.cgn, ["miniupnpd", "-d", "-f", str(conf), "-P",
-                                       str(workdir / "miniupnpd.pid")], log)
-        _wait_for("miniupnpd did not start serving PCP with port forwarding enabled",
-                  lambda: all(line in log.read_text(errors="replace")
-                              for line in (READY_LINE, FORWARDING_LINE)),
-                  daemon, log, START_TIMEOUT)
-        yield Miniupnpd(bed, log)
-    finally:
-        _stop(daemon)
-        _stop(coturn)
-        for ns in (bed.ue, bed.cgn, bed.peer):
-            sh("ip", "netns", "del", ns, check=False)
+            conf = workdir / "miniupnpd.conf"
+            conf.write_text(MINIUPNPD_CONF.format(stun=STUN_PRIMARY, port=STUN_PORT))
+            log = workdir / "miniupnpd.log"
+            daemon = _start(bed.cgn, ["miniupnpd", "-d", "-f", str(conf), "-P",
+                                      str(workdir / "miniupnpd.pid")], log)
+            _wait_for("miniupnpd did not start serving PCP with port forwarding enabled",
+                      lambda: all(line in log.read_text(errors="replace")
+                                  for line in (READY_LINE, FORWARDING_LINE)),
+                      daemon, log, START_TIMEOUT)
+            yield Miniupnpd(bed, log)
+        finally:
+            _stop(daemon)
+            _stop(coturn)
 
 
 def test_map_with_third_party_works_renews_and_deletes(miniupnpd: Miniupnpd) -> None:

@@ -15,15 +15,10 @@ request` from ue. Needs root, ip and nft; skips with the reason otherwise (CI ru
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import random
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,30 +36,11 @@ from ims.pcp.nft import (
     run_nft,
 )
 from ims.pcp.server import Mapping, MappingChanges, PcpServer, PcpServerConfig
+from ims.testbed.requirements import missing_for_world
+from tests.netns_helpers import CLI, NETNS_TOOLS, NatBed
 
 pytestmark = pytest.mark.root
 
-ROOT = Path(__file__).resolve().parents[1]
-# The CLI group on its own (independent of which groups ims/cli/__init__.py composes).
-CLI = ("import argparse, sys; from ims.cli import pcp; p = argparse.ArgumentParser(); "
-       "pcp.register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")
-UDP_TOOL = r"""
-import socket, sys
-mode, a, b = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((a, b))
-if mode == "recv":
-    s.settimeout(float(sys.argv[4]))
-    print("ready", flush=True)
-    try:
-        data, addr = s.recvfrom(2048)
-        print(f"{addr[0]}:{addr[1]} {data.decode()}", flush=True)
-    except socket.timeout:
-        print("nothing", flush=True)
-else:
-    s.sendto(sys.argv[6].encode(), (sys.argv[4], int(sys.argv[5])))
-"""
 EXTERNAL = "198.51.100.1"
 UE, GATEWAY, CGN_INSIDE = "100.64.0.2", "100.64.0.9", "100.64.0.1"
 PEER, OTHER = "198.51.100.2", "198.51.100.3"
@@ -77,114 +53,17 @@ CGN_RULESET = """table ip cgn {
 """
 
 
-def _skip_reason() -> str | None:
-    if sys.platform != "linux":
-        return "network namespaces need Linux"
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces and nftables rules (CI runs as root)"
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
-
-
-def sh(*argv: str, check: bool = True, stdin: str | None = None) -> str:
-    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=20,
-                          check=False)
-    if check and done.returncode:
-        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
-    return done.stdout
-
-
-@dataclass(frozen=True)
-class NatBed:
-    ue: str
-    cgn: str
-    peer: str
-
-    def run(self, ns: str, *argv: str, check: bool = True) -> str:
-        return sh("ip", "netns", "exec", ns, *argv, check=check)
-
-    def popen(self, ns: str, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-    def cli(self, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", CLI, *args],
-                              capture_output=True, text=True, timeout=20, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
-
-    def reaches(self, src_ns: str, src: tuple[str, int], dst: tuple[str, int],
-                recv_ns: str, bind: tuple[str, int], wait: float = 0.6) -> str | None:
-        """Send one datagram; return 'ip:port' the receiver saw it from, or None."""
-        receiver = self.popen(recv_ns, sys.executable, "-c", UDP_TOOL, "recv", bind[0],
-                              str(bind[1]), str(wait))
-        try:
-            assert receiver.stdout is not None
-            assert receiver.stdout.readline().strip() == "ready"
-            payload = f"probe-{random.randrange(1 << 30)}"
-            self.run(src_ns, sys.executable, "-c", UDP_TOOL, "send", src[0], str(src[1]),
-                     dst[0], str(dst[1]), payload)
-            line = receiver.stdout.readline().strip()
-        finally:
-            receiver.wait(timeout=wait + 5)
-        if line == "nothing":
-            return None
-        source, _, data = line.partition(" ")
-        assert data == payload
-        return source
-
-    def our_rules(self, table: str = DEFAULT_TABLE) -> list[str]:
-        """Comments of the rules in our table, read back with `nft -j list ruleset`."""
-        listing = json.loads(self.run(self.cgn, "nft", "-j", "list", "ruleset"))
-        return [item["rule"].get("comment", "") for item in listing["nftables"]
-                if "rule" in item and item["rule"]["table"] == table]
-
-    def flows(self, external: str, port: int) -> str:
-        """conntrack's listing of the UDP flows sent to external:port."""
-        return self.run(self.cgn, "conntrack", "-L", "-p", "udp", "--orig-dst", external,
-                        "--dport", str(port), check=False)
-
-    def tables(self) -> set[str]:
-        listing = json.loads(self.run(self.cgn, "nft", "-j", "list", "tables"))
-        return {item["table"]["name"] for item in listing["nftables"] if "table" in item}
-
-
 @pytest.fixture(scope="module")
 def testbed() -> Iterator[NatBed]:
-    reason = _skip_reason()
+    reason = missing_for_world(tools=NETNS_TOOLS)
     if reason:
         pytest.skip(reason)
     tag = f"uepcp{os.getpid() % 100000}"
-    bed = NatBed(f"{tag}-ue", f"{tag}-cgn", f"{tag}-peer")
-    try:
-        try:
-            for ns in (bed.ue, bed.cgn, bed.peer):
-                sh("ip", "netns", "add", ns)
-        except RuntimeError as exc:
-            pytest.skip(f"cannot create network namespaces here: {exc}")
-        # veth pairs are created inside our namespaces; the host's own never sees them.
-        sh("ip", "-n", bed.ue, "link", "add", "eth0", "type", "veth", "peer", "name", "in0",
-           "netns", bed.cgn)
-        sh("ip", "-n", bed.peer, "link", "add", "eth0", "type", "veth", "peer", "name", "out0",
-           "netns", bed.cgn)
-        for ns, dev, addrs in ((bed.ue, "eth0", (f"{UE}/10", f"{GATEWAY}/10")),
-                               (bed.cgn, "in0", (f"{CGN_INSIDE}/10",)),
-                               (bed.cgn, "out0", (f"{EXTERNAL}/24",)),
-                               (bed.peer, "eth0", (f"{PEER}/24", f"{OTHER}/24"))):
-            for addr in addrs:
-                sh("ip", "-n", ns, "addr", "add", addr, "dev", dev)
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", bed.ue, "route", "add", "default", "via", CGN_INSIDE)
-        bed.run(bed.cgn, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        # The CGN itself: endpoint-dependent NAT with fully random ports ("symmetric").
-        sh("ip", "netns", "exec", bed.cgn, "nft", "-f", "-", stdin=CGN_RULESET)
+    with NatBed(f"{tag}-ue", f"{tag}-cgn", f"{tag}-peer").built(
+            inside=("in0", (f"{CGN_INSIDE}/10",)), outside=("out0", (f"{EXTERNAL}/24",)),
+            ue=(f"{UE}/10", f"{GATEWAY}/10"), peer=(f"{PEER}/24", f"{OTHER}/24"),
+            ruleset=CGN_RULESET) as bed:
         yield bed
-    finally:
-        for ns in (bed.ue, bed.cgn, bed.peer):
-            sh("ip", "netns", "del", ns, check=False)
 
 
 def test_nft_table_applies_and_removes_mappings_in_process(testbed: NatBed) -> None:

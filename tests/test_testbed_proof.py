@@ -115,23 +115,11 @@ class Ue:
 @asynccontextmanager
 async def ues(w: TestbedWorld, *names: str, **config: Any) -> AsyncIterator[list[Ue]]:
     """Start and register `names` (each in its UE namespace); close them on exit."""
-    from ue_ua.client import UeClient
-
     started: list[Ue] = []
     try:
         for name in names:
-            loop = w.ue_loop(name)
-
-            async def start(name: str = name) -> Any:
-                client = await UeClient.start(w.ue_config(name, **config), ask=_allow)
-                try:
-                    await client.register()
-                except BaseException:
-                    await client.close()
-                    raise
-                return client
-
-            started.append(Ue(name, loop, await loop.run(start)))
+            client = await w.start_ue(name, ask=_allow, **config)
+            started.append(Ue(name, w.ue_loop(name), client))
         yield started
     finally:
         for ue in started:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from ims.config import (
     ConfigError,
+    GatewayConfig,
+    GatewayMode,
     HostPort,
     MetricsConfig,
     OperatorConfig,
     Role,
     load_config,
 )
+from ims.gateway.relay import RelayOffload
 from ims.sip.errors import SipError
 from ims.store import PcpMappingRecord, RelayRecord, StoreError, open_store
 
@@ -162,9 +165,8 @@ def describe(operator: Operator) -> str:
     rows.append(("metrics", server.url if server is not None else "off (no [metrics])"))
     rows.append(("trace", str(config.trace.path) if config.trace is not None
                  else "off (no [trace])"))
-    gateway = operator.gateway
-    rows.append(("gateway", f"relay on {gateway.relay.config.relay_address}"
-                 if gateway is not None else "off (no [gateway] relay)"))
+    rows.append(("gateway", _describe_gateway(config.gateway)
+                 if operator.gateway is not None else "off (no [gateway], or mode off)"))
     rows.append(("store", f"{config.store.backend} {config.store.path}"))
     rows.append(("DNS", f"{config.dns.server} (ENUM under {config.dns.enum_suffix})"))
     width = max(len(name) for name, _ in rows)
@@ -275,3 +277,16 @@ def _describe_row(row: dict[str, object]) -> str:
 
 def _endpoint_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _describe_gateway(section: GatewayConfig | None) -> str:
+    """The banner's gateway line: the mode, where the relay listens, the CGN's PCP server."""
+    if section is None:
+        return "off (no [gateway])"
+    relay = f"relay on {section.relay_address}"
+    if section.relay_offload is not RelayOffload.NONE:
+        relay += f" (forwarding in the kernel: relay_offload {section.relay_offload.value})"
+    if section.mode is GatewayMode.PCP and section.pcp_server is not None:
+        return (f"pcp: mappings on the CGN's PCP server {section.pcp_server}, lifetime "
+                f"{section.pcp_lifetime} s; fallback {relay}")
+    return relay

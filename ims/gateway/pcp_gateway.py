@@ -70,12 +70,15 @@ from ims.gateway.aiorelay import RelayService
 from ims.gateway.errors import GatewayUsageError
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import (
-    DISCARD_PORT,
     SDP_TYPE,
+    Offer,
     OpenLeg,
     RelayGateway,
+    gateway_candidate,
+    read_offer,
     sdp_description,
     session_expires,
+    show_address,
 )
 from ims.pcp.aioclient import AsyncPcpClient, open_pcp_client
 from ims.pcp.client import (
@@ -98,8 +101,6 @@ from ims.sdp import (
     SessionDescription,
     add_candidate,
     application_stream_index,
-    candidate_foundation,
-    candidate_priority,
     serialize_sdp,
     stream_endpoints,
 )
@@ -524,18 +525,10 @@ class PcpGateway:
 
     async def prepare(self, request: ConnectRequest) -> Request | Refusal:
         invite = request.request
-        offer = sdp_description(invite)
-        if isinstance(offer, Refusal):
-            return offer
-        if offer is None:
-            logger.warning("gateway %s: %s of Call-ID %s has no SDP offer: nothing opened",
-                           self.name, invite.method, request.call_id)
-            return invite
-        try:
-            index = application_stream_index(offer)
-            stream = stream_endpoints(offer, index)
-        except SdpError as exc:
-            return Refusal(488, f"Not Acceptable Here (offer unusable for the gateway: {exc})")
+        read = read_offer(request, self.name, "the gateway")
+        if not isinstance(read, Offer):
+            return read
+        offer, index, stream = read.description, read.index, read.stream
         state = _PcpLeg(request.leg, request.caller, request.callee,
                         _endpoint(stream.default.address, stream.default.port))
         lifetime = float(session_expires(invite) or self.fallback.lifetime)
@@ -889,18 +882,8 @@ class PcpGateway:
 
     def _candidate(self, external: PcpEndpoint) -> Candidate:
         """The `typ srflx` candidate of a mapping; raddr/rport say nothing of the UE."""
-        host = str(external.address)
-        return Candidate(
-            foundation=candidate_foundation(CandidateType.SRFLX, host, server=self.name or None),
-            component=1,
-            transport="UDP",
-            priority=candidate_priority(CandidateType.SRFLX),
-            address=host,
-            port=external.port,
-            type=CandidateType.SRFLX,
-            related_address="::" if external.address.version == 6 else "0.0.0.0",
-            related_port=DISCARD_PORT,
-        )
+        return gateway_candidate(CandidateType.SRFLX, (str(external.address), external.port),
+                                 self.name)
 
     # -- inside: session expiry ----------------------------------------------------------------
 
@@ -932,12 +915,8 @@ def _relay_record(run: GatewayRun, leg: OpenLeg, expires_at: float) -> RelayReco
     a = leg.allocation
     return RelayRecord(
         run, leg.call_id, leg.leg.value, a.caller_side[0], a.caller_side[1], a.callee_side[1],
-        _show(a.caller_peer), _show(a.callee_peer) if leg.answered else None, expires_at)
-
-
-def _show(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        show_address(a.caller_peer), show_address(a.callee_peer) if leg.answered else None,
+        expires_at)
 
 
 def _outcome(error: PcpError) -> str:

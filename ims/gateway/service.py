@@ -90,12 +90,16 @@ from ims.sip.message import Request, Response
 __all__ = [
     "DISCARD_PORT",
     "MAX_SESSION_EXPIRES",
+    "Offer",
     "OpenLeg",
     "RelayGateway",
     "behind_nat",
     "default_behind_nat",
+    "gateway_candidate",
+    "read_offer",
     "sdp_description",
     "session_expires",
+    "show_address",
 ]
 
 logger = logging.getLogger(__name__)
@@ -175,19 +179,22 @@ class OpenLeg:
 
     def describe(self) -> str:
         a = self.allocation
-        callee_peer = f"{_show(a.callee_peer)}" if self.answered else "(awaiting the answer)"
+        callee_peer = (show_address(a.callee_peer) if self.answered
+                       else "(awaiting the answer)")
         kernel = (f" ({self.kernel.a_to_b_datagrams}/{self.kernel.b_to_a_datagrams} in the "
                   "kernel)" if self.kernel is not None else "")
         return (
             f"{self.call_id} {self.leg} {self.caller} -> {self.callee}: "
-            f"caller {_show(a.caller_peer)} <-> {_show(a.caller_side)}, "
-            f"callee {_show(a.callee_side)} <-> {callee_peer}, expires at {a.expires_at:.0f}, "
+            f"caller {show_address(a.caller_peer)} <-> {show_address(a.caller_side)}, "
+            f"callee {show_address(a.callee_side)} <-> {callee_peer}, "
+            f"expires at {a.expires_at:.0f}, "
             f"{a.counters.caller_to_callee_datagrams}/{a.counters.callee_to_caller_datagrams} "
             f"datagrams{kernel}, {a.counters.dropped_unpermitted} dropped"
         )
 
 
-def _show(address: Address) -> str:
+def show_address(address: Address) -> str:
+    """An endpoint as the logs and listings show it: host:port, [host]:port for IPv6."""
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -309,19 +316,13 @@ class RelayGateway:
         refuses its mapping at the answer)."""
         self._forget_expired()
         invite = request.request
-        offer = sdp_description(invite)
-        if isinstance(offer, Refusal):
-            return offer
-        if offer is None:
-            logger.warning("gateway %s: %s of Call-ID %s has no SDP offer: nothing opened",
-                           self.name, invite.method, request.call_id)
-            return invite
+        read = read_offer(request, self.name, "the relay")
+        if not isinstance(read, Offer):
+            return read
+        offer, index, stream = read.description, read.index, read.stream
         try:
-            index = application_stream_index(offer)
-            stream = stream_endpoints(offer, index)
-            default = stream.default
-            caller_peer = PermittedPeer(default.address, default.port)
-        except (SdpError, GatewayError) as exc:
+            caller_peer = PermittedPeer(stream.default.address, stream.default.port)
+        except GatewayError as exc:
             return Refusal(488, f"Not Acceptable Here (offer unusable for the relay: {exc})")
         lifetime = float(session_expires(invite) or self.lifetime)
         placeholder = (self.table.config.relay_address, DISCARD_PORT)
@@ -340,7 +341,8 @@ class RelayGateway:
         rewritten = add_candidate(offer, candidate, media_index=index, make_default=make_default)
         logger.info("gateway %s: Call-ID %s %s leg: relay %s for the caller's %s, offering %s",
                     self.name, request.call_id, request.leg, allocation.id,
-                    _show((caller_peer.address, caller_peer.port)), _show(allocation.callee_side))
+                    show_address((caller_peer.address, caller_peer.port)),
+                    show_address(allocation.callee_side))
         return invite.with_body(serialize_sdp(rewritten), SDP_TYPE)
 
     def complete(self, call_id: str, response: Response) -> Response:
@@ -459,19 +461,7 @@ class RelayGateway:
     # -- inside --------------------------------------------------------------------------------
 
     def _candidate(self, address: Address) -> Candidate:
-        host, port = address
-        unspecified = "::" if ":" in host else "0.0.0.0"
-        return Candidate(
-            foundation=candidate_foundation(CandidateType.RELAY, host, server=self.name or None),
-            component=1,
-            transport="UDP",
-            priority=candidate_priority(CandidateType.RELAY),
-            address=host,
-            port=port,
-            type=CandidateType.RELAY,
-            related_address=unspecified,
-            related_port=DISCARD_PORT,
-        )
+        return gateway_candidate(CandidateType.RELAY, address, self.name)
 
     def _forget_expired(self) -> None:
         """Drop the records of calls whose every allocation the relay expired."""
@@ -495,10 +485,59 @@ def _latching(address: str, port: int, far: IceCredentials | None,
 
 def _admits(peer: PermittedPeer) -> str:
     """A permitted peer as the log shows it."""
-    where = _show((peer.address, peer.port))
+    where = show_address((peer.address, peer.port))
     if peer.ice_username is not None:
         return f"{where} latching on the ICE check {peer.ice_username}"
     return f"{where} latching on its first datagram" if peer.latch else f"{where} exactly"
+
+
+@dataclass(frozen=True)
+class Offer:
+    """The SDP offer of an INVITE a gateway prepares: the description and its application
+    stream (the media `index` and what it negotiates)."""
+
+    description: SessionDescription
+    index: int
+    stream: NegotiatedStream
+
+
+def read_offer(request: ConnectRequest, gateway: str, user: str) -> Offer | Request | Refusal:
+    """The offer of the INVITE behind `request`; the INVITE itself when it has no SDP body
+    (nothing to open: logged as gateway `gateway`'s); a Refusal when the SDP cannot be read
+    (400/488) or has no application stream `user` ("the relay", "the gateway") can use (488,
+    RFC 3261 section 21.4.26)."""
+    invite = request.request
+    offer = sdp_description(invite)
+    if isinstance(offer, Refusal):
+        return offer
+    if offer is None:
+        logger.warning("gateway %s: %s of Call-ID %s has no SDP offer: nothing opened",
+                       gateway, invite.method, request.call_id)
+        return invite
+    try:
+        index = application_stream_index(offer)
+        return Offer(offer, index, stream_endpoints(offer, index))
+    except SdpError as exc:
+        return Refusal(488, f"Not Acceptable Here (offer unusable for {user}: {exc})")
+
+
+def gateway_candidate(kind: CandidateType, address: Address, gateway: str) -> Candidate:
+    """The candidate a gateway adds for an endpoint it opened (`typ relay` for a relay port,
+    `typ srflx` for a CGN mapping), component 1, UDP, RFC 8445 section 5.1.2 priority; its
+    raddr/rport are the unspecified address and the discard port, so it shows nothing of what
+    lies behind (topology hiding)."""
+    host, port = address
+    return Candidate(
+        foundation=candidate_foundation(kind, host, server=gateway or None),
+        component=1,
+        transport="UDP",
+        priority=candidate_priority(kind),
+        address=host,
+        port=port,
+        type=kind,
+        related_address="::" if ":" in host else "0.0.0.0",
+        related_port=DISCARD_PORT,
+    )
 
 
 def sdp_description(message: Request | Response) -> SessionDescription | Refusal | None:

@@ -13,7 +13,8 @@ i.e. one thread with its own asyncio loop, per namespace):
   world's (ims/embedded.py) with the testbed addresses of ims/dns/worlds.py, [gateway] mode pcp
   towards its own CGN (relay while the tree has no PCP gateway), the demo subscribers
   provisioned;
-- each `<op>-ue`: an idle loop for the UE side; tests and the demo run their UEs there;
+- each `<op>-ue`: an idle loop for the UE side; tests and the demo run their UEs there
+  (`start_ue`: a registered UeClient in that loop);
 - with `delay_ms`, first of all: that one-way delay on the egress of every interface of the
   testbed's links (`topology.link_delays`), by `tc netem` where the kernel has it, else by
   ims.testbed.delay's NFQUEUE `LinkDelay`s run in each namespace's loop (the router `ix` gets
@@ -39,7 +40,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -409,6 +410,28 @@ class TestbedWorld:
             stun_server=self.stun_server)
         values.update(overrides)
         return ue_config(**values)
+
+    async def start_ue(self, name: str, *,
+                       ask: Callable[[Any], Awaitable[Any]] | None = None,
+                       **overrides: Any) -> Any:
+        """Subscriber `name`'s ue_ua.client.UeClient, started in its UE host's loop
+        (`ue_loop(name)`) with `ue_config(name, **overrides)` and registered; closed again when
+        the registration fails. `ask` answers the permission inquiries its rules leave open
+        (UeClient.start's). The client lives in that loop: run its methods, and its `close`
+        when done, there."""
+        client_class: Any = importlib.import_module("ue_ua.client").UeClient
+        config = self.ue_config(name, **overrides)
+
+        async def start() -> Any:
+            client = await client_class.start(config, ask=ask)
+            try:
+                await client.register()
+            except BaseException:
+                await client.close()
+                raise
+            return client
+
+        return await self.ue_loop(name).run(start)
 
     def _operator(self, name: str) -> worlds.Operator:
         for op in WORLD.operators:
