@@ -203,7 +203,6 @@ def test_demo_testbed_without_root_exits_2_naming_the_need_for_root(
     ("argv", "message"),
     [(["--nat", "eim"], "--nat, --prefix and --state-dir go with --testbed only"),
      (["--prefix", "uec-x-"], "go with --testbed only"),
-     (["--testbed", "--serve"], "--serve runs the embedded world only"),
      (["--testbed", "--play"], "--play runs on the embedded default only"),
      (["--scenario", "unassisted"], "the unassisted scenario needs --testbed (root)")],
 )  # fmt: skip
@@ -236,6 +235,14 @@ def test_demo_serve_prints_the_credentials_and_stops_on_sigint(tmp_path: Path) -
         assert "DNS server: 127.0.0.1:" in text
         assert "impi bill@ims.mnc001.mcc001.3gppnetwork.org password bill-demo" in text
         assert "sip:+15550100002@ims.mnc002.mcc001.3gppnetwork.org tel:+15550100002" in text
+        # A UE config per subscriber, ready for `ueconnect ue --config ...`.
+        bill = tmp_path / "out" / "bill.toml"
+        assert f"Bill: {bill}" in text and f"ue --config {bill} connect +15550100002" in text
+        assert f"ue --config {tmp_path / 'out' / 'dave.toml'} listen --allow-all --echo" in text
+        from ue_ua.config import load_ue_config
+
+        config, _ = load_ue_config(bill)
+        assert config.pcscf == ("127.0.1.1", 5100) and config.password == "bill-demo"
         process.send_signal(signal.SIGINT)
         rest, errors = process.communicate(timeout=10)
         assert process.returncode == 0, errors

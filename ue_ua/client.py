@@ -35,6 +35,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from os import PathLike
 
 from ims.extension import OPTION_TAG, TARGET_MNO, InvalidTargetMno, parse_target_mno
 from ims.sdp import (
@@ -134,6 +135,14 @@ class UeConfig:
             )
         if not 0 < self.setup_timeout <= 300:
             raise UeUsageError(f"setup_timeout {self.setup_timeout} is outside (0, 300] s")
+
+    @classmethod
+    def load(cls, path: str | PathLike[str]) -> UeConfig:
+        """The [ue] section of a UE TOML file (ue_ua/config.py; `load_ue_config` also returns
+        its [rules]). Raises ims.config.ConfigError naming the file, each key and the fix."""
+        from ue_ua.config import load_ue_config  # it builds UeConfig: imported when used
+
+        return load_ue_config(path)[0]
 
 
 def peer_uri(peer_ue: str) -> Uri:

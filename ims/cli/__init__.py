@@ -7,10 +7,10 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from ims.cli import demo, dns, mno, pcp, permission, sip, subscriber, testbed, trace
+from ims.cli import demo, dns, mno, pcp, permission, sip, subscriber, testbed, trace, ue
 
 # Each module exposes `register(subparsers)`; its parsers set `func(args) -> int`.
-_COMMANDS = (sip, dns, mno, subscriber, permission, trace, pcp, testbed, demo)
+_COMMANDS = (sip, dns, mno, subscriber, permission, trace, pcp, testbed, demo, ue)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ Two worlds (`_World`):
 `--scenario` picks the flow (play; deny: Dave's app refuses and Bill gets DeniedByCallee, 603
 cause 2 of docs/extension.md section 7; same-mno: Bill -> Carol inside Alpha; relay;
 unassisted: --testbed only, exit 2 without). `--json` prints one JSON object with the outcome
-(the step lines go to stderr); `--serve` keeps the embedded world running for any SIP client;
+(the step lines go to stderr); `--serve` keeps the world running (embedded, or with --testbed
+the testbed's) for any SIP client and writes a UE config per subscriber for `ueconnect ue`;
 `--play` lets the user play Bill's paddle in the terminal.
 
 The game runs headless by default: 200 ticks at HEADLESS_SPEEDUP times the lobby's tick rate
@@ -64,6 +65,7 @@ from ims.gateway.service import OpenLeg
 from ims.operator import Operator, OperatorError
 from ims.permission.bodies import Inquiry
 from ims.permission.outcomes import Decision
+from ims.sip.address import Address
 from ims.sip.errors import SipError
 from ims.sip.transport import BindError
 from ims.testbed.errors import TestbedError, TestbedUsageError, ToolMissing
@@ -76,6 +78,7 @@ from ims.trace import (
     render_ladder_html,
 )
 from ue_ua.client import UeClient, UeConfig
+from ue_ua.config import ue_config_text
 from ue_ua.connection import Connection
 from ue_ua.errors import (
     ConnectivityFailed,
@@ -238,8 +241,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--serve",
         action="store_true",
-        help="start the embedded world and keep it running (until Ctrl-C or SIGTERM) for any "
-        "SIP client; prints the P-CSCFs, the DNS server and the demo subscribers' credentials",
+        help="start the embedded world (with --testbed: the testbed world, root) and keep it "
+        "running until Ctrl-C or SIGTERM, for any SIP client or `ueconnect ue`; prints the "
+        "P-CSCFs, the DNS server, the demo subscribers' credentials and writes a UE config "
+        "per subscriber under --out (OUT/bill.toml, ...); with --testbed prints how to run "
+        "a UE in a UE namespace (ip netns exec ...) and takes the testbed down on exit",
     )
     parser.set_defaults(func=_demo)
 
@@ -1169,30 +1175,59 @@ def _count(report: _Report, result: MatchResult, forward: str, backward: str) ->
     report.rtts = list(result.host.rtt_ms)
 
 
-async def _serve(out: Path) -> int:
-    """Run the embedded world until SIGINT or SIGTERM, saying how to reach it."""
+async def _serve(out: Path, testbed: TestbedOptions | None = None) -> int:
+    """Run the embedded world (or, with `testbed`, the testbed world) until SIGINT or SIGTERM,
+    saying how to reach it; the testbed is taken down on the way out."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)  # before anything is said: no race
     try:
-        async with EmbeddedWorld.start(out) as world:
-            await _serve_until(world, stop)
+        if testbed is None:
+            async with EmbeddedWorld.start(out) as world:
+                await _serve_until(world, stop, _write_ue_configs(out, _Embedded(world)))
+        else:
+            async with _running(out, SCENARIOS["play"], testbed) as running:
+                assert isinstance(running, _Testbed)
+                await _serve_testbed_until(running, stop, _write_ue_configs(out, running))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    print("ueconnect demo --serve: stopped", flush=True)
+    print("ueconnect demo --serve: stopped" + (" (the testbed is down)" if testbed else ""),
+          flush=True)
     return 0
 
 
-async def _serve_until(world: EmbeddedWorld, stop: asyncio.Event) -> None:
-    """Say how to reach the running world, then wait for the stop signal."""
-    lines = [f"ueconnect demo --serve: the embedded world runs (workdir {world.workdir})",
-             f"  DNS server: 127.0.0.1:{world.dns.port} (UDP and TCP)"]  # fmt: skip
-    for name, op in world.operators.items():
-        pcscf = world.pcscf(name)
+def _write_ue_configs(out: Path, world: _World) -> dict[str, Path]:
+    """A UE TOML file per demo subscriber (ue_ua/config.py), `ueconnect ue --config FILE`."""
+    paths: dict[str, Path] = {}
+    for sub in world.subscribers:
+        if isinstance(world, _Testbed):
+            # The CLI's UE: the testbed's UE config with the default setup time.
+            config: UeConfig = world.world.ue_config(sub.name)
+        else:
+            config = world.ue_config(sub)
+        path = out / f"{sub.name.lower()}.toml"
+        path.write_text(ue_config_text(config, comment=(
+            f"{sub.name} at {sub.operator} ({sub.e164}), written by `ueconnect demo --serve`.\n"
+            f"Use: ueconnect ue --config {path} register|listen|connect (docs/ue-guide.md)")),
+            encoding="utf-8")  # fmt: skip
+        paths[sub.name] = path
+    return paths
+
+
+def _ue_command() -> str:
+    """How to run the CLI here: the console script when installed, else from the checkout."""
+    return "ueconnect" if shutil.which("ueconnect") else "python3 -m ims"
+
+
+def _credentials(world: _World, operators: dict[str, Operator],
+                 pcscf: Callable[[str], Address], ue_configs: dict[str, Path]) -> list[str]:
+    lines = []
+    for name, op in operators.items():
+        where = pcscf(name)
         lines.append(
-            f"  {name} ({op.config.operator.plmn}): P-CSCF {pcscf.host}:{pcscf.port} "
+            f"  {name} ({op.config.operator.plmn}): P-CSCF {where.host}:{where.port} "
             f"(UDP, TCP), realm {op.config.realm}"
         )
     lines.append("  subscribers (digest username = impi):")
@@ -1201,7 +1236,45 @@ async def _serve_until(world: EmbeddedWorld, stop: asyncio.Event) -> None:
             f"    {sub.name} at {sub.operator}: impi {sub.impi} password {sub.password} "
             f"public identities {sub.sip_uri} {sub.tel_uri}"
         )
+    lines.append("  UE config files (`ueconnect ue --config FILE register|listen|connect`):")
+    lines += [f"    {name}: {path}" for name, path in ue_configs.items()]
+    return lines
+
+
+async def _serve_until(world: EmbeddedWorld, stop: asyncio.Event,
+                       ue_configs: dict[str, Path]) -> None:
+    """Say how to reach the running world, then wait for the stop signal."""
+    lines = [f"ueconnect demo --serve: the embedded world runs (workdir {world.workdir})",
+             f"  DNS server: 127.0.0.1:{world.dns.port} (UDP and TCP)"]  # fmt: skip
+    lines += _credentials(_Embedded(world), world.operators, world.pcscf, ue_configs)
+    cli = _ue_command()
+    lines += ["  try, each in a terminal of its own (Dave answers and echoes, Bill connects):",
+              f"    {cli} ue --config {ue_configs['Dave']} listen --allow-all --echo",
+              f"    {cli} ue --config {ue_configs['Bill']} connect +15550100002 --mno 001-02 "
+              "--count 20"]  # fmt: skip
     lines.append("Ctrl-C (or SIGTERM) stops it.")
+    print("\n".join(lines), flush=True)
+    await stop.wait()
+
+
+async def _serve_testbed_until(running: _Testbed, stop: asyncio.Event,
+                               ue_configs: dict[str, Path]) -> None:
+    """Say how to reach the running testbed world (from its UE namespaces), then wait."""
+    w = running.world
+    lines = [f"ueconnect demo --serve --testbed: the testbed world runs (workdir {w.workdir})",
+             f"  {running.describe()}",
+             f"  DNS server: {w.dns_server[0]}:{w.dns_server[1]}, STUN server "
+             f"{w.stun_server[0]}:{w.stun_server[1]}"]  # fmt: skip
+    lines += _credentials(running, w.operators, w.pcscf, ue_configs)
+    cli = _ue_command()
+    ns = {op: w.namespace(f"{op.lower()}-ue") for op in OPERATORS}
+    lines += ["  each UE runs in its operator's UE namespace, behind its CGN "
+              f"({', '.join(f'{op}: {name}' for op, name in ns.items())}); as root, from here:",
+              f"    ip netns exec {ns['Beta']} {cli} ue --config {ue_configs['Dave']} listen "
+              "--allow-all --echo",
+              f"    ip netns exec {ns['Alpha']} {cli} ue --config {ue_configs['Bill']} connect "
+              "+15550100002 --mno 001-02 --count 20"]  # fmt: skip
+    lines.append("Ctrl-C (or SIGTERM) stops it and takes the testbed down.")
     print("\n".join(lines), flush=True)
     await stop.wait()
 
@@ -1257,8 +1330,6 @@ def _cannot_run(args: argparse.Namespace) -> str | None:
     else:
         if sys.platform != "linux" or os.geteuid() != 0:
             return TESTBED_NEEDS_ROOT
-        if args.serve:
-            return "--serve runs the embedded world only; drop --testbed"
     if args.play:
         return _cannot_play(args)
     return None
@@ -1278,7 +1349,7 @@ def _demo(args: argparse.Namespace) -> int:
     where = "the testbed world" if testbed else "the embedded world"
     try:
         if args.serve:
-            return asyncio.run(_serve(args.out))
+            return asyncio.run(_serve(args.out, testbed))
         scenario = SCENARIOS[args.scenario]
         return asyncio.run(_scenario(args.out, scenario, args.json, interactive=args.play,
                                      testbed=testbed))  # fmt: skip
