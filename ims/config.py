@@ -5,19 +5,15 @@
 A role (P-CSCF, S-CSCF, border) is enabled by the presence of its section; docs/configuration.md
 is the reference of every key, docs/examples/ holds the demo world's two operators.
 
-Line numbers: tomllib reports lines for syntax errors only. For a semantic problem the line is
-found by scanning the file text for the table header and the `key =` line (and, for an element
-of an array, the line holding that element's string). That is best effort: a key written in an
-unusual form (inline tables, dotted keys spread over tables) may be reported without a line.
+The generic TOML checking (typed table access, problem lists with key lines, IP literal and
+domain grammars) lives in ims.toml_check, shared with the UE configuration (ue_ua.config);
+`ConfigProblem` and `HostPort` come from there and are re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import enum
 import ipaddress
-import json
-import math
 import re
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,6 +27,21 @@ from ims.dns.plmn import Plmn, home_domain
 from ims.gateway.relay import RelayOffload
 from ims.sip.address import Address
 from ims.sip.digest import DigestAlgorithm, DigestServerConfig
+from ims.toml_check import (
+    MISSING,
+    ConfigProblem,
+    HostPort,
+    KeyLines,
+    KeyPath,
+    Problems,
+    Table,
+    format_key,
+    host_port,
+    ip_literal,
+    is_domain,
+    show,
+    syntax_problem,
+)
 
 __all__ = [
     "BorderConfig",
@@ -60,31 +71,8 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------------
-# Errors
+# Errors (one ConfigProblem per defect, from ims.toml_check)
 # --------------------------------------------------------------------------------------------
-
-Path_ = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class ConfigProblem:
-    """One problem: the dotted key (`pcscf.listen[1]`; "" for the whole file), the line and
-    column when known, and a message saying what is wrong and what is expected."""
-
-    key: str
-    message: str
-    line: int | None = None
-    column: int | None = None
-
-    def format(self, file_label: str) -> str:
-        where = []
-        if self.key:
-            where.append(self.key)
-        if self.line is not None:
-            pos = f"line {self.line}" + (f", column {self.column}" if self.column else "")
-            where.append(f"({pos})" if self.key else pos)
-        head = f"{file_label}: " + (" ".join(where) + ": " if where else "")
-        return head + self.message
 
 
 class ConfigError(Exception):
@@ -123,17 +111,6 @@ class Role(enum.StrEnum):
     SCSCF = "scscf"
     BORDER = "border"
 
-
-@dataclass(frozen=True)
-class HostPort:
-    """An IP literal (no brackets) and a port, e.g. the DNS server or the metrics listener."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -340,8 +317,6 @@ class OperatorConfig:
 # Loading
 # --------------------------------------------------------------------------------------------
 
-_TOML_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$|\s*\(at end of document\)$")
-
 
 def load_config(path: str | Path) -> OperatorConfig:
     """Read and validate the operator configuration at `path`.
@@ -374,308 +349,31 @@ def parse_config(text: str, path: Path) -> OperatorConfig:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigSyntaxError(path, [_syntax_problem(str(exc), text)]) from None
-    problems = _Problems(_KeyLines(text))
+        raise ConfigSyntaxError(path, [syntax_problem(str(exc), text)]) from None
+    problems = Problems(KeyLines(text))
     config = _Validator(problems, path).operator_config(data)
     if problems.items or config is None:
-        # In file order; problems without a line (rare) last.
-        ordered = sorted(problems.items, key=lambda p: (p.line is None, p.line or 0))
-        raise ConfigValueError(path, ordered)
+        raise ConfigValueError(path, problems.ordered())
     return config
-
-
-def _syntax_problem(message: str, text: str) -> ConfigProblem:
-    match = _TOML_POSITION.search(message)
-    if match is None:
-        return ConfigProblem("", f"invalid TOML: {message}")
-    reason = message[: match.start()]
-    if match.group(1) is None:  # "at end of document"
-        line = text.count("\n") + (0 if text.endswith("\n") else 1)
-        return ConfigProblem("", f"invalid TOML: {reason} (at the end of the file)", max(line, 1))
-    return ConfigProblem(
-        "", f"invalid TOML: {reason}", int(match.group(1)), int(match.group(2))
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Finding a key's line (best effort, see the module docstring)
-# --------------------------------------------------------------------------------------------
-
-_KEY_PART = r'(?:"(?:[^"\\]|\\.)*"|\'[^\']*\'|[A-Za-z0-9_-]+)'
-_DOTTED = rf"{_KEY_PART}(?:\s*\.\s*{_KEY_PART})*"
-_HEADER = re.compile(rf"^\s*(\[\[?)\s*({_DOTTED})\s*\]\]?\s*(?:#.*)?$")
-_KEY_LINE = re.compile(rf"^\s*({_DOTTED})\s*=")
-_PART = re.compile(_KEY_PART)
-
-
-def _split_key(dotted: str) -> tuple[str, ...]:
-    parts = []
-    for token in _PART.findall(dotted):
-        if token.startswith('"'):
-            parts.append(json.loads(token))
-        elif token.startswith("'"):
-            parts.append(token[1:-1])
-        else:
-            parts.append(token)
-    return tuple(parts)
-
-
-class _KeyLines:
-    """Maps key paths (with array-of-tables indices) to the 1-based line defining them."""
-
-    def __init__(self, text: str) -> None:
-        self.lines = text.splitlines()
-        self.where: dict[Path_, int] = {}
-        self.table_end: dict[int, int] = {}  # header line -> last line of that table
-        array_counts: dict[tuple[str, ...], int] = {}
-        current: Path_ = ()
-        header_line = 0
-        for number, line in enumerate(self.lines, start=1):
-            header = _HEADER.match(line)
-            if header:
-                self.table_end[header_line] = number - 1
-                header_line = number
-                names = _split_key(header.group(2))
-                current = self._resolve(names, array_counts)
-                if header.group(1) == "[[":
-                    count = array_counts.get(names, 0)
-                    array_counts[names] = count + 1
-                    current = (*current, count)
-                self.where.setdefault(current, number)
-                continue
-            key = _KEY_LINE.match(line)
-            if key:
-                self.where.setdefault((*current, *_split_key(key.group(1))), number)
-        self.table_end[header_line] = len(self.lines)
-
-    @staticmethod
-    def _resolve(names: tuple[str, ...], counts: Mapping[tuple[str, ...], int]) -> Path_:
-        # [border.peers.x] after [[border.peers]] means border.peers[<last>].x
-        out: list[str | int] = []
-        for i, name in enumerate(names):
-            out.append(name)
-            seen = counts.get(names[: i + 1])
-            if seen and i < len(names) - 1:
-                out.append(seen - 1)
-        return tuple(out)
-
-    def line_of(self, path: Path_, value: object = None, occurrence: int = 0) -> int | None:
-        """The line of `path`, else of its longest known prefix. With `value` (a string
-        element of an array), the line holding its `occurrence`-th appearance after that."""
-        for cut in range(len(path), 0, -1):
-            prefix = path[:cut]
-            line = self.where.get(prefix)
-            if line is None:
-                # A table known only through its subtables ([[border.peers]] without [border]).
-                below = [n for p, n in self.where.items() if p[:cut] == prefix]
-                if not below:
-                    continue
-                return min(below)
-            if cut < len(path) and isinstance(value, str) and value:
-                found = self._find_string(value, line, occurrence)
-                if found is not None:
-                    return found
-            return line
-        return None
-
-    def _find_string(self, value: str, start: int, occurrence: int) -> int | None:
-        header = max((h for h in self.table_end if h <= start), default=0)
-        end = self.table_end.get(header, len(self.lines))
-        needles = (json.dumps(value, ensure_ascii=False), f"'{value}'")
-        for number in range(start, end + 1):
-            line = self.lines[number - 1]
-            occurrence -= sum(line.count(n) for n in needles)
-            if occurrence < 0:
-                return number
-        return None
-
-
-def _format_key(path: Path_) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            name = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
-            out += f".{name}" if out else name
-    return out
-
-
-def _show(value: object) -> str:
-    """A value as it would be written in TOML."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
-class _Problems:
-    def __init__(self, lines: _KeyLines) -> None:
-        self.lines = lines
-        self.items: list[ConfigProblem] = []
-
-    def add(self, path: Path_, message: str, value: object = None, occurrence: int = 0) -> None:
-        self.items.append(ConfigProblem(_format_key(path), message,
-                                        self.lines.line_of(path, value, occurrence)))
-
-
-# --------------------------------------------------------------------------------------------
-# Typed access to one table, with unknown-key detection
-# --------------------------------------------------------------------------------------------
-
-_MISSING = object()
-
-
-class _Table:
-    def __init__(self, data: Mapping[str, object], path: Path_, problems: _Problems) -> None:
-        self.data = data
-        self.path = path
-        self.problems = problems
-        self.used: set[str] = set()
-
-    def problem(self, key: str | Path_, message: str, value: object = None) -> None:
-        sub = (key,) if isinstance(key, str) else key
-        occurrence = 0
-        if len(sub) == 2 and isinstance(sub[1], int):
-            # The same string twice in one array: point at the right one.
-            items = self.data.get(str(sub[0]))
-            if isinstance(items, list):
-                occurrence = items[: sub[1]].count(value)
-        self.problems.add((*self.path, *sub), message, value, occurrence)
-
-    def raw(self, key: str) -> object:
-        self.used.add(key)
-        return self.data.get(key, _MISSING)
-
-    def present(self, key: str) -> bool:
-        return key in self.data
-
-    def required(self, key: str, what: str) -> object:
-        value = self.raw(key)
-        if value is _MISSING:
-            self.problem(key, f"missing; expected {what}")
-        return value
-
-    def string(self, key: str, what: str, default: str | None = None,
-               required: bool = False) -> str | None:
-        value = self.required(key, what) if required else self.raw(key)
-        if value is _MISSING:
-            return default
-        if not isinstance(value, str):
-            self.problem(key, f"{_show(value)} is not a string; expected {what}")
-            return None
-        return value
-
-    def number(self, key: str, what: str, default: float, low: float, high: float,
-               integer: bool = False) -> float | None:
-        value = self.raw(key)
-        if value is _MISSING:
-            return default
-        kind = "an integer" if integer else "a number"
-        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok_type:
-            self.problem(key, f"{_show(value)} is not {kind}; expected {what}")
-            return None
-        assert isinstance(value, int | float)
-        if not (math.isfinite(value) and low <= value <= high):
-            self.problem(key, f"{_show(value)} is out of range; expected {what}")
-            return None
-        return float(value)
-
-    def strings(self, key: str, what: str, required: bool = False) -> list[str] | None:
-        """A list of strings; wrong elements are reported one by one and left out."""
-        value = self.required(key, f"an array of {what}") if required else self.raw(key)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, list):
-            self.problem(key, f"{_show(value)} is not an array; expected an array of {what}")
-            return None
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, str):
-                out.append(item)
-            else:
-                self.problem((key, i), f"{_show(item)} is not a string; expected {what}")
-        return out
-
-    def table(self, key: str) -> _Table | None:
-        value = self.raw(key)
-        if value is _MISSING:
-            return None
-        if not isinstance(value, dict):
-            self.problem(key, f"{_show(value)} is not a table; write it as [{key}]")
-            return None
-        return _Table(value, (*self.path, key), self.problems)
-
-    def finish(self, hint: str = "") -> None:
-        """Report every key that was never asked for (with `hint` as the message when no
-        known key is close)."""
-        known = sorted(self.used)
-        for key in self.data:
-            if key in self.used:
-                continue
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-            if close:
-                self.problem(key, f"unknown key; did you mean {close[0]!r}?")
-            elif hint:
-                self.problem(key, hint)
-            else:
-                listing = ", ".join(known) if known else "none"
-                self.problem(key, f"unknown key; known keys here: {listing}")
 
 
 # --------------------------------------------------------------------------------------------
 # Value grammars
 # --------------------------------------------------------------------------------------------
 
-_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
-_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
-
-
-def _ip_literal(text: str) -> str | None:
-    """The address of an IP literal ("127.0.0.1" or "[::1]"), None when it is not one."""
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            return str(ipaddress.IPv6Address(text[1:-1]))
-        except ValueError:
-            return None
-    try:
-        return str(ipaddress.IPv4Address(text))
-    except ValueError:
-        return None
-
-
-def _host_port(text: str) -> HostPort | None:
-    """"HOST:PORT" with HOST an IP literal, IPv6 in brackets (RFC 5118 style)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
-        return None
-    address = _ip_literal(host)
-    return None if address is None else HostPort(address, int(port))
-
 
 def _listen_address(text: str, transports: Sequence[str]) -> Address | None:
     transport, sep, rest = text.partition(":")
     if not sep or transport.lower() not in transports:
         return None
-    hostport = _host_port(rest)
+    hostport = host_port(rest)
     if hostport is None:
         return None
     return Address(transport.upper(), hostport.host, hostport.port)
 
 
-def _is_domain(text: str) -> bool:
-    return len(text) <= 253 and _DOMAIN_RE.fullmatch(text) is not None
-
-
 def _advertised_ok(text: str) -> bool:
-    return _is_domain(text) or _ip_literal(text) is not None
+    return is_domain(text) or ip_literal(text) is not None
 
 
 _HOST_PORT_WHAT = "HOST:PORT with HOST an IP literal ([::1] for IPv6) and PORT 1-65535"
@@ -693,10 +391,10 @@ _SECTIONS = ("operator", "store", "dns", "pcscf", "scscf", "border", "metrics", 
 
 @dataclass
 class _Validator:
-    problems: _Problems
+    problems: Problems
     source: Path
     # (kind, host, port) of every listener, to catch two sockets on one address.
-    listeners: dict[tuple[str, str, int], Path_] = field(default_factory=dict)
+    listeners: dict[tuple[str, str, int], KeyPath] = field(default_factory=dict)
     # MCC -> MNC length from [operator] and [dns.mnc_lengths], even when [dns] is broken.
     mnc_lengths: dict[str, int] = field(default_factory=dict)
 
@@ -712,15 +410,15 @@ class _Validator:
         return len(self.problems.items) > mark
 
     def operator_config(self, data: Mapping[str, object]) -> OperatorConfig | None:
-        top = _Table(data, (), self.problems)
+        top = Table(data, (), self.problems)
         operator_table = top.table("operator")
         if operator_table is None and not top.present("operator"):
             self.problems.add(("operator",), "missing; every file needs an [operator] section "
                               "with name, plmn and mnc_digits")
         identity = self.operator(operator_table) if operator_table else None
 
-        store = self.store(top.table("store") or _Table({}, ("store",), self.problems))
-        dns = self.dns(top.table("dns") or _Table({}, ("dns",), self.problems), identity)
+        store = self.store(top.table("store") or Table({}, ("store",), self.problems))
+        dns = self.dns(top.table("dns") or Table({}, ("dns",), self.problems), identity)
         pcscf = self.pcscf(t) if (t := top.table("pcscf")) else None
         scscf = self.scscf(t, identity) if (t := top.table("scscf")) else None
         border = self.border(t, identity, dns) if (t := top.table("border")) else None
@@ -728,7 +426,7 @@ class _Validator:
         trace = self.trace(t) if (t := top.table("trace")) else None
         permission = self.permission(t) if (t := top.table("permission")) else None
         gateway = self.gateway(t, pcscf) if (t := top.table("gateway")) else None
-        log = self.log(top.table("log") or _Table({}, ("log",), self.problems))
+        log = self.log(top.table("log") or Table({}, ("log",), self.problems))
         top.finish("unknown section; sections are " + ", ".join(f"[{s}]" for s in _SECTIONS))
 
         if not any(top.present(r.value) for r in Role):
@@ -750,21 +448,21 @@ class _Validator:
 
     # ---- [operator] ------------------------------------------------------------------------
 
-    def operator(self, t: _Table) -> OperatorIdentity | None:
+    def operator(self, t: Table) -> OperatorIdentity | None:
         name = t.string("name", "the operator's name, e.g. \"Alpha\"", required=True)
         if name is not None and (not name.strip() or not name.isprintable() or len(name) > 64):
-            t.problem("name", f"{_show(name)} is not a usable name; expected 1-64 printable "
+            t.problem("name", f"{show(name)} is not a usable name; expected 1-64 printable "
                       "characters", name)
             name = None
         plmn_text = t.string("plmn", "the PLMN as \"MCC-MNC\", e.g. \"001-01\"", required=True)
         digits_value = t.required("mnc_digits", "2 or 3 (TS 23.003: the MNC length of this MCC)")
         digits: int | None = None
-        if digits_value is not _MISSING:
+        if digits_value is not MISSING:
             if isinstance(digits_value, int) and not isinstance(digits_value, bool) \
                     and digits_value in (2, 3):
                 digits = digits_value
             else:
-                t.problem("mnc_digits", f"{_show(digits_value)} is not 2 or 3; expected the "
+                t.problem("mnc_digits", f"{show(digits_value)} is not 2 or 3; expected the "
                           "MNC length of this MCC (TS 23.003 section 2.2)")
         plmn = self.plmn(t, "plmn", plmn_text, {} if digits is None else {"_": digits})
         domain: str | None = None
@@ -773,10 +471,10 @@ class _Validator:
         chosen = t.string("home_domain", "a domain name, e.g. "
                           "\"ims.mnc001.mcc001.3gppnetwork.org\"")
         if chosen is not None:
-            if _is_domain(chosen.rstrip(".")):
+            if is_domain(chosen.rstrip(".")):
                 domain = chosen.rstrip(".").lower()
             else:
-                t.problem("home_domain", f"{_show(chosen)} is not a domain name; expected "
+                t.problem("home_domain", f"{show(chosen)} is not a domain name; expected "
                           "letters, digits and hyphens in dot-separated labels", chosen)
                 domain = None
         t.finish()
@@ -784,7 +482,7 @@ class _Validator:
             return None
         return OperatorIdentity(name=name, plmn=plmn, mnc_digits=digits, home_domain=domain)
 
-    def plmn(self, t: _Table, key: str, text: str | None,
+    def plmn(self, t: Table, key: str, text: str | None,
              lengths: Mapping[str, int]) -> Plmn | None:
         """"MCC-MNC"; `lengths` maps MCC to MNC length ("_" = any MCC: the operator's own)."""
         if text is None:
@@ -792,16 +490,16 @@ class _Validator:
         mcc, sep, mnc = text.partition("-")
         what = "\"MCC-MNC\" with a 3-digit MCC and a 2- or 3-digit MNC, e.g. \"001-01\""
         if not sep:
-            t.problem(key, f"{_show(text)} is not a PLMN; expected {what}", text)
+            t.problem(key, f"{show(text)} is not a PLMN; expected {what}", text)
             return None
         try:
             plmn = Plmn(mcc, mnc)
         except InvalidMnoId:
-            t.problem(key, f"{_show(text)} is not a PLMN; expected {what}", text)
+            t.problem(key, f"{show(text)} is not a PLMN; expected {what}", text)
             return None
         length = lengths.get(mcc, lengths.get("_"))
         if length is not None and len(mnc) != length:
-            t.problem(key, f"{_show(text)} has a {len(mnc)}-digit MNC but MCC {mcc} uses "
+            t.problem(key, f"{show(text)} has a {len(mnc)}-digit MNC but MCC {mcc} uses "
                       f"{length}-digit MNCs (mnc_digits / dns.mnc_lengths); write the MNC with "
                       f"{length} digits", text)
             return None
@@ -809,13 +507,13 @@ class _Validator:
 
     # ---- [store], [dns] --------------------------------------------------------------------
 
-    def store(self, t: _Table) -> StoreConfig | None:
+    def store(self, t: Table) -> StoreConfig | None:
         backend = t.string("backend", "\"sqlite\"", default="sqlite")
         if backend == "redis":
             t.problem("backend", "\"redis\" is not available yet; use \"sqlite\"", backend)
             backend = None
         elif backend is not None and backend != "sqlite":
-            t.problem("backend", f"{_show(backend)} is not a store backend; expected \"sqlite\"",
+            t.problem("backend", f"{show(backend)} is not a store backend; expected \"sqlite\"",
                       backend)
             backend = None
         mark = self.mark()
@@ -825,34 +523,34 @@ class _Validator:
             return None
         return StoreConfig(backend, path or self.base_dir / f"{self.source.stem}.sqlite")
 
-    def path(self, t: _Table, key: str, what: str, must_exist: bool = False) -> Path | None:
+    def path(self, t: Table, key: str, what: str, must_exist: bool = False) -> Path | None:
         """The resolved path, None when absent or bad (a bad one adds a problem)."""
         text = t.string(key, what)
         if text is None:
             return None
         if not text.strip() or "\0" in text:
-            t.problem(key, f"{_show(text)} is not a usable path; expected {what}", text)
+            t.problem(key, f"{show(text)} is not a usable path; expected {what}", text)
             return None
         resolved = (self.base_dir / Path(text).expanduser()).resolve()
         if must_exist and not resolved.is_file():
-            t.problem(key, f"{_show(text)}: no such file ({resolved}); expected {what}", text)
+            t.problem(key, f"{show(text)}: no such file ({resolved}); expected {what}", text)
         return resolved
 
-    def dns(self, t: _Table, identity: OperatorIdentity | None) -> DnsConfig | None:
+    def dns(self, t: Table, identity: OperatorIdentity | None) -> DnsConfig | None:
         ok = True
         server_text = t.string("server", _HOST_PORT_WHAT, default="127.0.0.1:53530")
-        server = None if server_text is None else _host_port(server_text)
+        server = None if server_text is None else host_port(server_text)
         if server is None:
             ok = False
             if server_text is not None:
-                t.problem("server", f"{_show(server_text)} is not a DNS server address; "
+                t.problem("server", f"{show(server_text)} is not a DNS server address; "
                           f"expected {_HOST_PORT_WHAT}", server_text)
         suffix = t.string("enum_suffix", "a domain name such as \"e164.arpa\"",
                           default="e164.arpa")
         if suffix is None:
             ok = False
-        elif not _is_domain(suffix.rstrip(".")):
-            t.problem("enum_suffix", f"{_show(suffix)} is not a domain name; expected "
+        elif not is_domain(suffix.rstrip(".")):
+            t.problem("enum_suffix", f"{show(suffix)} is not a domain name; expected "
                       "something like \"e164.arpa\" (RFC 6116)", suffix)
             ok = False
         timeout = t.number("timeout", "seconds per query, more than 0 and at most 60",
@@ -866,7 +564,7 @@ class _Validator:
                     table.problem(mcc, "is not an MCC; expected 3-digit MCCs as keys, "
                                   "e.g. \"310\" = 3")
                 elif isinstance(value, bool) or value not in (2, 3):
-                    table.problem(mcc, f"{_show(value)} is not an MNC length; expected 2 or 3")
+                    table.problem(mcc, f"{show(value)} is not an MNC length; expected 2 or 3")
                 else:
                     assert isinstance(value, int)
                     lengths[mcc] = value
@@ -887,7 +585,7 @@ class _Validator:
 
     # ---- roles ------------------------------------------------------------------------------
 
-    def listen(self, t: _Table, transports: Sequence[str]) -> tuple[Address, ...] | None:
+    def listen(self, t: Table, transports: Sequence[str]) -> tuple[Address, ...] | None:
         choices = "|".join(transports)
         what = (f"TRANSPORT:HOST:PORT with TRANSPORT {choices}, HOST an IP literal, "
                 "PORT 1-65535")
@@ -902,14 +600,14 @@ class _Validator:
         for i, text in enumerate(items):
             address = _listen_address(text, transports)
             if address is None:
-                t.problem(("listen", i), f"{_show(text)} is not a valid listen address; "
+                t.problem(("listen", i), f"{show(text)} is not a valid listen address; "
                           f"expected {what}", text)
                 continue
             self.claim(t, ("listen", i), address.transport, address.host, address.port, text)
             out.append(address)
         return tuple(out) if len(out) == len(items) else None
 
-    def claim(self, t: _Table, key: Path_, transport: str, host: str, port: int,
+    def claim(self, t: Table, key: KeyPath, transport: str, host: str, port: int,
               text: str) -> None:
         """Two listeners on one socket address is an error; UDP and TCP may share a port."""
         kind = "udp" if transport.upper() == "UDP" else "tcp"
@@ -919,26 +617,26 @@ class _Validator:
         for other_host in {host, wildcard} if host != wildcard else set():
             taken = self.listeners.get((kind, other_host, port))
             if taken is not None:
-                t.problem(key, f"{_show(text)} uses the same {kind.upper()} address as "
-                          f"{_format_key(taken)}; give each listener its own port", text)
+                t.problem(key, f"{show(text)} uses the same {kind.upper()} address as "
+                          f"{format_key(taken)}; give each listener its own port", text)
                 return
         if host == wildcard:
             for (k, h, p), taken in self.listeners.items():
                 if k == kind and p == port and ipaddress.ip_address(h).version == ip.version:
-                    t.problem(key, f"{_show(text)} overlaps {_format_key(taken)} (a wildcard "
+                    t.problem(key, f"{show(text)} overlaps {format_key(taken)} (a wildcard "
                               "address takes the port on every address)", text)
                     return
         self.listeners[(kind, host, port)] = here
 
-    def advertised(self, t: _Table) -> str | None:
+    def advertised(self, t: Table) -> str | None:
         text = t.string("advertised_host", "a host name or IP literal")
         if text is not None and not _advertised_ok(text):
-            t.problem("advertised_host", f"{_show(text)} is not a host name or IP literal; "
+            t.problem("advertised_host", f"{show(text)} is not a host name or IP literal; "
                       "expected e.g. \"pcscf.ims.mnc001.mcc001.3gppnetwork.org\"", text)
             return None
         return text
 
-    def pcscf(self, t: _Table) -> PcscfConfig | None:
+    def pcscf(self, t: Table) -> PcscfConfig | None:
         mark = self.mark()
         listen = self.listen(t, ("udp", "tcp"))
         keepalive = t.number("keepalive", "seconds, 5 to 3600 (RFC 5626 Flow-Timer)",
@@ -949,12 +647,12 @@ class _Validator:
             return None
         return PcscfConfig(listen, keepalive, advertised)
 
-    def scscf(self, t: _Table, identity: OperatorIdentity | None) -> ScscfConfig | None:
+    def scscf(self, t: Table, identity: OperatorIdentity | None) -> ScscfConfig | None:
         mark = self.mark()
         listen = self.listen(t, ("udp", "tcp"))
         realm = t.string("realm", "the digest realm, a domain name")
-        if realm is not None and not _is_domain(realm):
-            t.problem("realm", f"{_show(realm)} is not a domain name; the realm is usually the "
+        if realm is not None and not is_domain(realm):
+            t.problem("realm", f"{show(realm)} is not a domain name; the realm is usually the "
                       "home domain (RFC 3261 section 22.1)", realm)
             realm = None
         elif realm is None and not t.present("realm") and identity is not None:
@@ -983,7 +681,7 @@ class _Validator:
         return ScscfConfig(listen, realm, nonce_lifetime, int(min_expires), int(max_expires),
                            int(default_expires), algorithms, advertised)
 
-    def algorithms(self, t: _Table) -> tuple[DigestAlgorithm, ...] | None:
+    def algorithms(self, t: Table) -> tuple[DigestAlgorithm, ...] | None:
         allowed = {"sha-256": DigestAlgorithm.SHA_256, "md5": DigestAlgorithm.MD5}
         what = "\"SHA-256\" and/or \"MD5\""
         if not t.present("algorithms"):
@@ -996,10 +694,10 @@ class _Validator:
         for i, name in enumerate(names):
             algorithm = allowed.get(name.lower())
             if algorithm is None:
-                t.problem(("algorithms", i), f"{_show(name)} is not offered; expected {what} "
+                t.problem(("algorithms", i), f"{show(name)} is not offered; expected {what} "
                           "(RFC 8760: SHA-256 first, MD5 for older UAs)", name)
             elif algorithm in out:
-                t.problem(("algorithms", i), f"{_show(name)} is listed twice", name)
+                t.problem(("algorithms", i), f"{show(name)} is listed twice", name)
             else:
                 out.append(algorithm)
         if not names:
@@ -1008,7 +706,7 @@ class _Validator:
             return None
         return tuple(out)
 
-    def border(self, t: _Table, identity: OperatorIdentity | None,
+    def border(self, t: Table, identity: OperatorIdentity | None,
                dns: DnsConfig | None) -> BorderConfig | None:
         mark = self.mark()
         listen = self.listen(t, ("udp", "tcp", "tls"))
@@ -1031,10 +729,10 @@ class _Validator:
             return None
         return BorderConfig(listen, peers, certificate, private_key, advertised)
 
-    def peers(self, t: _Table, identity: OperatorIdentity | None,
+    def peers(self, t: Table, identity: OperatorIdentity | None,
               dns: DnsConfig | None) -> tuple[PeerConfig, ...] | None:
         value = t.raw("peers")
-        if value is _MISSING:
+        if value is MISSING:
             return ()
         if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
             t.problem("peers", "is not an array of tables; write each peer as [[border.peers]]")
@@ -1043,7 +741,7 @@ class _Validator:
         seen: dict[tuple[str, str], int] = {}
         ok = True
         for i, entry in enumerate(value):
-            peer = self.peer(_Table(entry, (*t.path, "peers", i), self.problems), identity, dns)
+            peer = self.peer(Table(entry, (*t.path, "peers", i), self.problems), identity, dns)
             # Duplicates are checked on what was written, so they show even next to other
             # problems of the same peer; the domain (often derived) only on valid peers.
             written = [(w, entry.get(w)) for w in ("name", "plmn", "domain")]
@@ -1056,14 +754,14 @@ class _Validator:
                     continue
                 first = seen.setdefault((what, key.lower()), i)
                 if first != i:
-                    t.problem(("peers", i, what), f"{_show(key)} is also the {what} of "
+                    t.problem(("peers", i, what), f"{show(key)} is also the {what} of "
                               f"border.peers[{first}]; each peer appears once", key)
                     ok = False
             if peer is not None:
                 out.append(peer)
         return tuple(out) if ok else None
 
-    def peer(self, t: _Table, identity: OperatorIdentity | None,
+    def peer(self, t: Table, identity: OperatorIdentity | None,
              dns: DnsConfig | None) -> PeerConfig | None:
         mark = self.mark()
         name = t.string("name", "the peer operator's name, e.g. \"Beta\"", required=True)
@@ -1076,20 +774,20 @@ class _Validator:
                       "the length is never guessed)", plmn_text)
             plmn = None
         if plmn is not None and identity is not None and plmn == identity.plmn:
-            t.problem("plmn", f"{_show(plmn_text)} is this operator's own PLMN; a peer is "
+            t.problem("plmn", f"{show(plmn_text)} is this operator's own PLMN; a peer is "
                       "another operator", plmn_text)
             plmn = None
         domain_text = t.string("domain", "the peer's home domain")
         domain: str | None = None
         if domain_text is not None:
-            if _is_domain(domain_text.rstrip(".")):
+            if is_domain(domain_text.rstrip(".")):
                 domain = domain_text.rstrip(".").lower()
             else:
-                t.problem("domain", f"{_show(domain_text)} is not a domain name", domain_text)
+                t.problem("domain", f"{show(domain_text)} is not a domain name", domain_text)
         elif plmn is not None and not t.present("domain"):
             domain = plmn.home_domain
         if domain is not None and identity is not None and domain == identity.home_domain:
-            t.problem("domain", f"{_show(domain)} is this operator's own home domain", domain)
+            t.problem("domain", f"{show(domain)} is this operator's own home domain", domain)
             domain = None
         admit = self.networks(t)
         fingerprint = t.string("tls_fingerprint", "\"SHA-256 XX:XX:...\" (32 hex pairs)")
@@ -1097,7 +795,7 @@ class _Validator:
             if _FINGERPRINT_RE.fullmatch(fingerprint):
                 fingerprint = "SHA-256 " + fingerprint[8:].upper()
             else:
-                t.problem("tls_fingerprint", f"{_show(fingerprint)} is not a certificate "
+                t.problem("tls_fingerprint", f"{show(fingerprint)} is not a certificate "
                           "fingerprint; expected \"SHA-256 \" and 32 colon-separated hex "
                           "pairs (RFC 8122 section 5)", fingerprint)
                 fingerprint = None
@@ -1108,7 +806,7 @@ class _Validator:
             return None
         return PeerConfig(name, plmn, domain, admit, fingerprint, ca)
 
-    def networks(self, t: _Table) -> tuple[IpNetwork, ...] | None:
+    def networks(self, t: Table) -> tuple[IpNetwork, ...] | None:
         what = "CIDR prefixes such as \"127.0.2.0/24\" or \"::1/128\""
         items = t.strings("admit_from", what, required=True)
         if items is None:
@@ -1124,29 +822,29 @@ class _Validator:
                 try:
                     loose = ipaddress.ip_network(text, strict=False)
                 except ValueError:
-                    t.problem(("admit_from", i), f"{_show(text)} is not a CIDR prefix; "
+                    t.problem(("admit_from", i), f"{show(text)} is not a CIDR prefix; "
                               f"expected {what}", text)
                 else:
-                    t.problem(("admit_from", i), f"{_show(text)} has host bits set; did you "
+                    t.problem(("admit_from", i), f"{show(text)} has host bits set; did you "
                               f"mean \"{loose}\"?", text)
         return tuple(out) if len(out) == len(items) else None
 
     # ---- [metrics], [trace], [log] ----------------------------------------------------------
 
-    def metrics(self, t: _Table) -> MetricsConfig | None:
+    def metrics(self, t: Table) -> MetricsConfig | None:
         text = t.string("listen", _HOST_PORT_WHAT, required=True)
         t.finish()
         if text is None:
             return None
-        hostport = _host_port(text)
+        hostport = host_port(text)
         if hostport is None:
-            t.problem("listen", f"{_show(text)} is not a valid listen address; expected "
+            t.problem("listen", f"{show(text)} is not a valid listen address; expected "
                       f"{_HOST_PORT_WHAT}", text)
             return None
         self.claim(t, ("listen",), "TCP", hostport.host, hostport.port, text)
         return MetricsConfig(hostport)
 
-    def trace(self, t: _Table) -> TraceConfig | None:
+    def trace(self, t: Table) -> TraceConfig | None:
         mark = self.mark()
         if not t.present("path"):
             t.required("path", "a file path for the JSON-lines ladder log")
@@ -1154,13 +852,13 @@ class _Validator:
         t.finish()
         return None if path is None or self.failed_since(mark) else TraceConfig(path)
 
-    def permission(self, t: _Table) -> PermissionConfig | None:
+    def permission(self, t: Table) -> PermissionConfig | None:
         # Section 5.5: the operator waits at most 30 seconds for an answer.
         deadline = t.number("deadline", "whole seconds, 1 to 30", 10, 1, 30, True)
         t.finish()
         return None if deadline is None else PermissionConfig(int(deadline))
 
-    def gateway(self, t: _Table, pcscf: PcscfConfig | None) -> GatewayConfig | None:
+    def gateway(self, t: Table, pcscf: PcscfConfig | None) -> GatewayConfig | None:
         modes = ", ".join(m.value for m in GatewayMode)
         mark = self.mark()
         mode_text = t.string("mode", f"one of {modes}", default=GatewayMode.RELAY.value)
@@ -1169,15 +867,15 @@ class _Validator:
             try:
                 mode = GatewayMode(mode_text.lower())
             except ValueError:
-                t.problem("mode", f"{_show(mode_text)} is not a gateway mode; expected one of "
+                t.problem("mode", f"{show(mode_text)} is not a gateway mode; expected one of "
                           f"{modes}", mode_text)
         what = "the relay's IP address, e.g. \"127.0.0.1\" or \"::1\""
         text = t.string("relay_address", what)
         address: str | None = None
         if text is not None:
-            address = _ip_literal(text) or _ip_literal(f"[{text}]")
+            address = ip_literal(text) or ip_literal(f"[{text}]")
             if address is None:
-                t.problem("relay_address", f"{_show(text)} is not an IP address; expected "
+                t.problem("relay_address", f"{show(text)} is not an IP address; expected "
                           f"{what}", text)
         elif mode is not None and mode is not GatewayMode.OFF and not t.present("relay_address"):
             if pcscf is not None:
@@ -1203,7 +901,7 @@ class _Validator:
         return GatewayConfig(mode, address, int(lifetime), pcp_server, int(pcp_lifetime),
                              float(pcp_timeout), offload)
 
-    def relay_offload(self, t: _Table, mode: GatewayMode | None,
+    def relay_offload(self, t: Table, mode: GatewayMode | None,
                       address: str | None) -> RelayOffload | None:
         what = ('"none" (the userspace relay forwards every datagram) or "nft" (the kernel '
                 "forwards, through nftables rules, once both peers are known)")
@@ -1213,7 +911,7 @@ class _Validator:
         try:
             offload = RelayOffload(text.lower())
         except ValueError:
-            t.problem("relay_offload", f"{_show(text)} is not a relay offload; expected {what}",
+            t.problem("relay_offload", f"{show(text)} is not a relay offload; expected {what}",
                       text)
             return None
         if offload is RelayOffload.NONE:
@@ -1231,7 +929,7 @@ class _Validator:
             return None
         return offload
 
-    def pcp_server(self, t: _Table, mode: GatewayMode | None) -> HostPort | None:
+    def pcp_server(self, t: Table, mode: GatewayMode | None) -> HostPort | None:
         what = ("the CGN's PCP server, an IP address with an optional port, e.g. "
                 "\"198.51.100.1\" or \"198.51.100.1:5351\" or \"[2001:db8::1]:5351\"")
         text = t.string("pcp_server", what)
@@ -1243,12 +941,12 @@ class _Validator:
             t.problem("pcp_server", f"applies to mode \"pcp\" only (mode is {mode.value}); "
                       "remove it or set mode = \"pcp\"", text)
             return None
-        hostport = _host_port(text)
+        hostport = host_port(text)
         if hostport is None:
-            address = _ip_literal(text) or _ip_literal(f"[{text}]")
+            address = ip_literal(text) or ip_literal(f"[{text}]")
             hostport = HostPort(address, PCP_SERVER_PORT) if address is not None else None
         if hostport is None:
-            t.problem("pcp_server", f"{_show(text)} is not an IP address with an optional port; "
+            t.problem("pcp_server", f"{show(text)} is not an IP address with an optional port; "
                       f"expected {what}", text)
             return None
         try:
@@ -1256,18 +954,18 @@ class _Validator:
         except ValueError:
             unspecified = True
         if unspecified:
-            t.problem("pcp_server", f"{_show(text)} is the unspecified address; expected {what}",
+            t.problem("pcp_server", f"{show(text)} is the unspecified address; expected {what}",
                       text)
             return None
         return hostport
 
-    def log(self, t: _Table) -> LogConfig | None:
+    def log(self, t: Table) -> LogConfig | None:
         level = t.string("level", "one of debug, info, warning, error", default="info")
         t.finish()
         if level is None:
             return None
         if level.upper() not in _LOG_LEVELS:
-            t.problem("level", f"{_show(level)} is not a log level; expected one of debug, "
+            t.problem("level", f"{show(level)} is not a log level; expected one of debug, "
                       "info, warning, error", level)
             return None
         return LogConfig(level.upper())

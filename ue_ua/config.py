@@ -23,7 +23,8 @@
 [rules]); `[[rules]]` (an array of rule tables, no version) is accepted as a shorthand. Bad
 files raise the operator configuration's error family (ims.config: `ConfigFileError`,
 `ConfigSyntaxError`, `ConfigValueError`), with every problem naming the file, the key, its
-line and the fix, exactly as `ueconnect mno --check` reports them: one validator style.
+line and the fix, exactly as `ueconnect mno --check` reports them: one validator style
+(ims.toml_check).
 `ue_config_text` writes a file `load_ue_config` reads back.
 """
 
@@ -37,25 +38,24 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, cast
 
-from ims.config import (
-    _MISSING,
-    ConfigFileError,
-    ConfigProblem,
-    ConfigSyntaxError,
-    ConfigValueError,
-    _host_port,
-    _ip_literal,
-    _is_domain,
-    _KeyLines,
-    _Problems,
-    _show,
-    _syntax_problem,
-    _Table,
-)
+from ims.config import ConfigFileError, ConfigSyntaxError, ConfigValueError
 from ims.permission.errors import InvalidRuleSet
 from ims.permission.rules import RULES_VERSION, parse_rule_set
 from ims.sip.errors import ParseError
 from ims.sip.uri import SipUri, parse_uri
+from ims.toml_check import (
+    MISSING,
+    ConfigProblem,
+    KeyLines,
+    KeyPath,
+    Problems,
+    Table,
+    host_port,
+    ip_literal,
+    is_domain,
+    show,
+    syntax_problem,
+)
 from ue_ua.client import UeConfig
 from ue_ua.errors import UeUsageError
 from ue_ua.ice import TRANSPORT_POLICIES, TransportPolicy
@@ -100,9 +100,9 @@ def parse_ue_config(text: str, path: Path) -> tuple[UeConfig, RuleBook | None]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigSyntaxError(path, [_syntax_problem(str(exc), text)]) from None
-    problems = _Problems(_KeyLines(text))
-    top = _Table(data, (), problems)
+        raise ConfigSyntaxError(path, [syntax_problem(str(exc), text)]) from None
+    problems = Problems(KeyLines(text))
+    top = Table(data, (), problems)
     ue_table = top.table("ue")
     if ue_table is None and not top.present("ue"):
         problems.add(("ue",), "missing; a UE file needs a [ue] section with impu, impi, "
@@ -111,15 +111,14 @@ def parse_ue_config(text: str, path: Path) -> tuple[UeConfig, RuleBook | None]:
     rules = _rules(top, problems)
     top.finish("unknown section; sections are " + ", ".join(f"[{s}]" for s in _SECTIONS))
     if problems.items or config is None:
-        ordered = sorted(problems.items, key=lambda p: (p.line is None, p.line or 0))
-        raise ConfigValueError(path, ordered)
+        raise ConfigValueError(path, problems.ordered())
     return config, rules
 
 
 # -- [ue] ----------------------------------------------------------------------------------------
 
 
-def _ue(t: _Table, source: Path, problems: _Problems) -> UeConfig | None:
+def _ue(t: Table, source: Path, problems: Problems) -> UeConfig | None:
     mark = len(problems.items)
     impu = t.string("impu", "the public identity, a sip: URI such as "
                     "\"sip:+15550100001@ims.mnc001.mcc001.3gppnetwork.org\"", required=True)
@@ -128,35 +127,35 @@ def _ue(t: _Table, source: Path, problems: _Problems) -> UeConfig | None:
         try:
             uri = parse_uri(impu.strip())
         except ParseError as exc:
-            t.problem("impu", f"{_show(impu)} is not a URI ({exc}); expected a sip: URI "
+            t.problem("impu", f"{show(impu)} is not a URI ({exc}); expected a sip: URI "
                       "such as \"sip:+15550100001@ims.mnc001.mcc001.3gppnetwork.org\"", impu)
         else:
             if isinstance(uri, SipUri):
                 impu_uri = uri
             else:
-                t.problem("impu", f"{_show(impu)} is not a sip: URI; the public identity "
+                t.problem("impu", f"{show(impu)} is not a sip: URI; the public identity "
                           "registered is sip:NUMBER@HOME-DOMAIN (a tel: URI is an alias the "
                           "operator adds)", impu)
     impi = t.string("impi", "the private identity (the digest username), e.g. "
                     "\"bill@ims.mnc001.mcc001.3gppnetwork.org\"", required=True)
     if impi is not None and (not impi or not impi.isprintable() or any(c.isspace() for c in impi)
                              or len(impi) > 255):
-        t.problem("impi", f"{_show(impi)} is not a usable private identity; expected 1-255 "
+        t.problem("impi", f"{show(impi)} is not a usable private identity; expected 1-255 "
                   "printable characters without spaces (as the operator provisioned it)", impi)
         impi = None
     password = _password(t, source)
     home_domain = t.string("home_domain", "the operator's home domain, e.g. "
                            "\"ims.mnc001.mcc001.3gppnetwork.org\"", required=True)
     if home_domain is not None:
-        if _is_domain(home_domain.rstrip(".")):
+        if is_domain(home_domain.rstrip(".")):
             home_domain = home_domain.rstrip(".").lower()
         else:
-            t.problem("home_domain", f"{_show(home_domain)} is not a domain name; expected "
+            t.problem("home_domain", f"{show(home_domain)} is not a domain name; expected "
                       "dot-separated labels of letters, digits and hyphens", home_domain)
             home_domain = None
     if impu_uri is not None and home_domain is not None \
             and impu_uri.host.lower().rstrip(".") != home_domain:
-        t.problem("impu", f"{_show(impu)} is not in home_domain {_show(home_domain)}; an IMS "
+        t.problem("impu", f"{show(impu)} is not in home_domain {show(home_domain)}; an IMS "
                   "public identity lives in its operator's home domain (TS 23.003 section "
                   "13.4): fix one of the two", impu)
         impu_uri = None
@@ -165,16 +164,16 @@ def _ue(t: _Table, source: Path, problems: _Problems) -> UeConfig | None:
     bind_text = t.string("bind_host", "the one local IP address the UE binds, e.g. "
                          "\"127.0.0.1\"")
     if bind_text is not None:
-        address = _ip_literal(bind_text) or _ip_literal(f"[{bind_text}]")
+        address = ip_literal(bind_text) or ip_literal(f"[{bind_text}]")
         if address is None:
-            t.problem("bind_host", f"{_show(bind_text)} is not an IP address; expected the "
+            t.problem("bind_host", f"{show(bind_text)} is not an IP address; expected the "
                       "local address for SIP and ICE, e.g. \"127.0.0.1\" or \"::1\"", bind_text)
         else:
             bind_host = address
     policies = " or ".join(f'"{p}"' for p in TRANSPORT_POLICIES)
     policy = t.string("transport_policy", policies, default="all")
     if policy is not None and policy not in TRANSPORT_POLICIES:
-        t.problem("transport_policy", f"{_show(policy)} is not a transport policy; expected "
+        t.problem("transport_policy", f"{show(policy)} is not a transport policy; expected "
                   f"{policies} (\"relay\": only the operators' relay candidates)", policy)
         policy = None
     stun = _endpoint(t, "stun_server", "a STUN server (port 3478 when none is given)",
@@ -188,7 +187,7 @@ def _ue(t: _Table, source: Path, problems: _Problems) -> UeConfig | None:
         timeout = None
     name = t.string("name", "a display name, e.g. \"Bill\"")
     if name is not None and (not name.strip() or not name.isprintable() or len(name) > 64):
-        t.problem("name", f"{_show(name)} is not a usable display name; expected 1-64 "
+        t.problem("name", f"{show(name)} is not a usable display name; expected 1-64 "
                   "printable characters", name)
         name = None
     elif name is None and not t.present("name") and impi is not None:
@@ -210,7 +209,7 @@ def _ue(t: _Table, source: Path, problems: _Problems) -> UeConfig | None:
         return None
 
 
-def _password(t: _Table, source: Path) -> str | None:
+def _password(t: Table, source: Path) -> str | None:
     has_password, has_file = t.present("password"), t.present("password_file")
     if has_password and has_file:
         t.raw("password_file")
@@ -228,7 +227,7 @@ def _password(t: _Table, source: Path) -> str | None:
     if text is None:
         return None
     if not text.strip() or "\0" in text:
-        t.problem("password_file", f"{_show(text)} is not a usable path; expected a file "
+        t.problem("password_file", f"{show(text)} is not a usable path; expected a file "
                   "holding the password", text)
         return None
     resolved = (source.resolve().parent / Path(text).expanduser()).resolve()
@@ -236,35 +235,35 @@ def _password(t: _Table, source: Path) -> str | None:
         with resolved.open("rb") as file:
             raw = file.read(_PASSWORD_MAX + 1)
     except OSError as exc:
-        t.problem("password_file", f"{_show(text)}: cannot read {resolved} "
+        t.problem("password_file", f"{show(text)}: cannot read {resolved} "
                   f"({exc.strerror or exc}); expected a file holding the password", text)
         return None
     try:
         first = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        t.problem("password_file", f"{_show(text)}: {resolved} is not UTF-8 text", text)
+        t.problem("password_file", f"{show(text)}: {resolved} is not UTF-8 text", text)
         return None
     if len(raw) > _PASSWORD_MAX or not first or not first[0]:
-        t.problem("password_file", f"{_show(text)}: {resolved} holds no password on its first "
+        t.problem("password_file", f"{show(text)}: {resolved} holds no password on its first "
                   f"line (or more than {_PASSWORD_MAX} bytes); write the password alone on "
                   "the first line", text)
         return None
     return first[0]
 
 
-def _endpoint(t: _Table, key: str, what: str, *, required: bool = False,
+def _endpoint(t: Table, key: str, what: str, *, required: bool = False,
               default_port: int | None = None) -> tuple[str, int] | None:
     expected = f"{what} as {_ENDPOINT_WHAT}"
     text = t.string(key, expected, required=required)
     if text is None:
         return None
-    hostport = _host_port(text)
+    hostport = host_port(text)
     if hostport is None and default_port is not None:
-        address = _ip_literal(text) or _ip_literal(f"[{text}]")
+        address = ip_literal(text) or ip_literal(f"[{text}]")
         if address is not None:
             return address, default_port
     if hostport is None:
-        t.problem(key, f"{_show(text)} is not an address; expected {expected}", text)
+        t.problem(key, f"{show(text)} is not an address; expected {expected}", text)
         return None
     return hostport.host, hostport.port
 
@@ -272,11 +271,11 @@ def _endpoint(t: _Table, key: str, what: str, *, required: bool = False,
 # -- [rules] -------------------------------------------------------------------------------------
 
 
-def _rules(top: _Table, problems: _Problems) -> RuleBook | None:
+def _rules(top: Table, problems: Problems) -> RuleBook | None:
     value = top.raw("rules")
-    if value is _MISSING:
+    if value is MISSING:
         return None
-    base: tuple[str | int, ...]
+    base: KeyPath
     if isinstance(value, list):  # [[rules]]: the shorthand, an array of rules
         body: dict[str, Any] = {"version": RULES_VERSION, "rules": value}
         base = ("rules",)
@@ -288,7 +287,7 @@ def _rules(top: _Table, problems: _Problems) -> RuleBook | None:
                          "the rules as [[rules]] tables)")
             return None
     else:
-        problems.add(("rules",), f"{_show(value)} is not a table; write [rules] with version = "
+        problems.add(("rules",), f"{show(value)} is not a table; write [rules] with version = "
                      f"{RULES_VERSION} and [[rules.rules]] tables, or [[rules]] tables")
         return None
     items = body.get("rules")

@@ -70,8 +70,8 @@ from ims.pcp.nft import (
     FAMILY,
     ConntrackRunner,
     NftRunner,
-    _family,
-    _to,
+    nft_address,
+    nft_family,
     run_conntrack,
     run_nft,
 )
@@ -241,7 +241,7 @@ def render_table(table: str) -> str:
 def render_flow(flow: KernelFlow, mark: int = DEFAULT_CONNTRACK_MARK) -> list[tuple[str, str]]:
     """(chain, rule text) for every rule of one flow: six, three per direction."""
     relay = ipaddress.ip_address(flow.relay_ip)
-    f = _family(relay)
+    f = nft_family(relay)
     rules: list[tuple[str, str]] = []
     for direction, (src, src_port), in_port, (dst, dst_port), out_port in flow.legs():
         note = f'comment "{comment(flow.tag, direction)}"'
@@ -250,10 +250,11 @@ def render_flow(flow: KernelFlow, mark: int = DEFAULT_CONNTRACK_MARK) -> list[tu
         rules.append((PREROUTING,
                       f"{source} {f} daddr {relay} udp dport {in_port} "
                       f"ct mark set ct mark | {mark:#010x} "
-                      f"dnat {f} to {_to(ipaddress.ip_address(dst), dst_port)} {note}"))
+                      f"dnat {f} to {nft_address(ipaddress.ip_address(dst), dst_port)} "
+                      f"{note}"))
         rules.append((POSTROUTING,
                       f"{translated} ct original {f} daddr {relay} ct original proto-dst "
-                      f"{in_port} snat {f} to {_to(relay, out_port)} {note}"))
+                      f"{in_port} snat {f} to {nft_address(relay, out_port)} {note}"))
         rules.append((FORWARD, f"{translated} ct status dnat counter accept {note}"))
     return rules
 

@@ -39,6 +39,32 @@ from ims.pcp.constants import PROTOCOL_TCP, PROTOCOL_UDP
 from ims.pcp.errors import NftError
 from ims.pcp.server import Mapping, MappingChanges
 
+__all__ = [
+    "CONNTRACK_PACKAGE",
+    "DEFAULT_TABLE",
+    "FAMILY",
+    "POSTROUTING",
+    "PREROUTING",
+    "TAG_PREFIX",
+    "ConntrackRunner",
+    "InstalledRule",
+    "NftMappingTable",
+    "NftRunner",
+    "RecordingTable",
+    "Translation",
+    "installed_mapping_ids",
+    "listed_translations",
+    "nft_address",
+    "nft_family",
+    "render_changes",
+    "render_rules",
+    "render_table",
+    "rule_handles",
+    "run_conntrack",
+    "run_nft",
+    "tag",
+]
+
 FAMILY = "inet"
 DEFAULT_TABLE = "ueconnect_pcp"
 TAG_PREFIX = "ueconnect-pcp "
@@ -128,11 +154,13 @@ def tag(mapping_id: str) -> str:
     return TAG_PREFIX + mapping_id
 
 
-def _family(address: IPAddress) -> str:
+def nft_family(address: IPAddress) -> str:
+    """The nft address family of `address` in a rule's match and NAT statement: ip or ip6."""
     return "ip" if isinstance(address, ipaddress.IPv4Address) else "ip6"
 
 
-def _to(address: IPAddress, port: int) -> str:
+def nft_address(address: IPAddress, port: int) -> str:
+    """`address`:`port` as a dnat/snat target takes it ([v6]:port, as nft(8) wants)."""
     if isinstance(address, ipaddress.IPv6Address):
         return f"[{address}]:{port}"
     return f"{address}:{port}"
@@ -141,7 +169,7 @@ def _to(address: IPAddress, port: int) -> str:
 def render_rules(mapping: Mapping) -> list[tuple[str, str]]:
     """(chain, rule text) for every rule of one mapping."""
     proto = _PROTOCOL_NAMES[mapping.protocol]
-    family = _family(mapping.internal.address)
+    family = nft_family(mapping.internal.address)
     internal, external = mapping.internal, mapping.external
     comment = f'comment "{tag(mapping.mapping_id)}"'
     rules: list[tuple[str, str]] = []
@@ -153,14 +181,16 @@ def render_rules(mapping: Mapping) -> list[tuple[str, str]]:
             match += f"{proto} sport {port} "
         rules.append((PREROUTING,
                       f"{match}{family} daddr {external.address} {proto} dport {external.port} "
-                      f"dnat {family} to {_to(internal.address, internal.port)} {comment}"))
+                      f"dnat {family} to {nft_address(internal.address, internal.port)} "
+                      f"{comment}"))
     towards = ""
     if mapping.remote_peer is not None:
         towards = (f"{family} daddr {mapping.remote_peer.address} "
                    f"{proto} dport {mapping.remote_peer.port} ")
     rules.append((POSTROUTING,
                   f"{family} saddr {internal.address} {proto} sport {internal.port} {towards}"
-                  f"snat {family} to {_to(external.address, external.port)} {comment}"))
+                  f"snat {family} to {nft_address(external.address, external.port)} "
+                  f"{comment}"))
     return rules
 
 
