@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 
 from ims.cli import demo
+from ims.demo.terminal import keys
+from ims.demo.walk import run_scenario
 from ims.embedded import DemoSubscriber, EmbeddedWorld
 from ims.permission.outcomes import Decision
 
@@ -257,7 +259,7 @@ def test_demo_serve_prints_the_credentials_and_stops_on_sigint(tmp_path: Path) -
 
 
 def _run_in_process(tmp_path: Path, scenario: demo.Scenario) -> int:
-    return asyncio.run(demo._scenario(tmp_path / "out", scenario, as_json=False))
+    return asyncio.run(run_scenario(tmp_path / "out", scenario, as_json=False))
 
 
 def test_a_refused_connect_names_the_step_the_element_and_the_response(
@@ -329,9 +331,9 @@ def test_play_refuses_options_it_cannot_honour(
 
 
 def test_play_keys_are_w_s_the_arrows_and_q() -> None:
-    assert demo._keys(b"w\x1b[As\x1b[B\x1bOA\x1bOB q") == [
+    assert keys(b"w\x1b[As\x1b[B\x1bOA\x1bOB q") == [
         "up", "up", "down", "down", "up", "down", "stop", "quit"]
-    assert demo._keys(b"xyz\x1b[C") == []  # other keys and arrows do nothing
+    assert keys(b"xyz\x1b[C") == []  # other keys and arrows do nothing
 
 
 def test_play_in_a_terminal_draws_the_game_and_quits_on_q(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ def list_open(config: OperatorConfig, *, as_json: bool = False,
     mapping and relay allocation, its state ("open"; "left" by a run whose process is gone,
     which the next start deletes at the CGN; "lapsed" past its expiry). Exit status 1 when
     the store cannot be read."""
-    from ims.gateway.pcp_gateway import run_gone
+    from ims.gateway.pcp_recovery import run_gone
 
     when = time.time() if now is None else now
     owner = config.operator.name

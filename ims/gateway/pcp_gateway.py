@@ -38,16 +38,8 @@ could not delete (it crashed, the CGN was unreachable) lapses after its PCP life
 `complete` needs the network: it returns an awaitable and the S-CSCF holds the 2xx until it is
 done (ims.sip.proxy.Hold); a retransmitted 2xx, once completed, is rewritten at once.
 
-Restart recovery. With a store (ims.store `allocations`), each mapping is recorded when granted
-(server, protocol, opcode, internal, external, peer, nonce, expiry), again when renewed or its
-FILTER replaced, and forgotten when deleted; the relay allocations of each call are recorded
-too (for `ueconnect mno --list-open`). Every record names the `GatewayRun` holding it. At
-`start`, the mappings that earlier runs of this operator left behind (their process is gone:
-a crash, a kill) are deleted at their PCP server with the nonce that created them and lifetime
-0 (RFC 6887 section 15), each logged; a mapping whose server does not answer is forgotten at
-its expiry, when the CGN drops it anyway (section 15: a mapping lapses at its lifetime). Their
-relay allocations died with their process and are only forgotten. One gateway per operator
-per process: a record of this process under another run is a previous gateway's.
+Restart recovery (ims.gateway.pcp_recovery). With a store, what is open is recorded there under
+this run (`GatewayRun`) and what earlier runs of the operator left is deleted at `start`.
 """
 
 from __future__ import annotations
@@ -57,9 +49,6 @@ import contextlib
 import ipaddress
 import logging
 import math
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -68,6 +57,13 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ims.gateway.aiorelay import RelayService
 from ims.gateway.errors import GatewayUsageError
+from ims.gateway.pcp_recovery import (
+    RecoveryOutcome,
+    RunRecords,
+    mapping_request,
+    new_run,
+    run_gone,
+)
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import (
     SDP_TYPE,
@@ -78,7 +74,6 @@ from ims.gateway.service import (
     read_offer,
     sdp_description,
     session_expires,
-    show_address,
 )
 from ims.pcp.aioclient import AsyncPcpClient, open_pcp_client
 from ims.pcp.client import (
@@ -106,8 +101,9 @@ from ims.sdp import (
 )
 from ims.seams import ConnectRequest, Leg, Refusal
 from ims.sip.message import Request, Response
-from ims.store import GatewayRun, PcpMappingRecord, RelayRecord, Store, StoreError
+from ims.store import PcpMappingRecord, Store
 
+# The restart recovery names are ims.gateway.pcp_recovery's, re-exported where callers had them.
 __all__ = [
     "PcpGateway",
     "PcpGatewayConfig",
@@ -182,54 +178,6 @@ class PcpOpenLeg:
         )
 
 
-@dataclass(frozen=True)
-class RecoveryOutcome:
-    """What `PcpGateway.recover` did with what earlier runs left: mappings deleted at their
-    PCP server, mappings whose server did not answer (forgotten at their expiry), relay
-    allocations forgotten, records forgotten because they had lapsed already."""
-
-    deleted: int = 0
-    unanswered: int = 0
-    relays_forgotten: int = 0
-    lapsed: int = 0
-
-
-def new_run(owner: str) -> GatewayRun:
-    """A fresh `GatewayRun` of `owner` in this process."""
-    return GatewayRun(owner, secrets.token_hex(8), socket.gethostname(), os.getpid())
-
-
-def run_gone(run: GatewayRun, current: GatewayRun | None = None) -> bool:
-    """Whether the gateway run `run` is over: its process on this host is gone, or it is
-    `current`'s process under an earlier run id (one gateway per operator per process). A run
-    on another host cannot be told apart from a live one: False (its records lapse)."""
-    if run.host != socket.gethostname():
-        return False
-    if current is not None and run.run_id != current.run_id and run.pid == current.pid:
-        return True
-    if run.pid == os.getpid():
-        return False
-    try:
-        os.kill(run.pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def mapping_request(record: PcpMappingRecord) -> MappingRequest:
-    """The request that names the recorded mapping at its server (RFC 6887 section 15: a
-    delete carries the opcode, protocol, internal address and port, the remote peer of a
-    PEER, and the nonce, which the caller passes beside it)."""
-    remote = (PcpEndpoint(ipaddress.ip_address(record.peer_address), record.peer_port)
-              if record.opcode == "PEER" and record.peer_address is not None
-              and record.peer_port is not None else None)
-    return MappingRequest(record.protocol, record.internal_port, record.lifetime,
-                          remote_peer=remote,
-                          third_party=ipaddress.ip_address(record.internal_address))
-
-
 @dataclass
 class _Mapping:
     """What the gateway asked of the CGN for one leg."""
@@ -297,8 +245,10 @@ class PcpGateway:
         self.name = name
         self.store = store
         self.clock = clock
-        self.run = new_run(name)
         self.loop = asyncio.get_running_loop()
+        self.records = RunRecords(store, new_run(name), name=name, server=config.server,
+                                  port=config.port, clock=clock, loop=self.loop)
+        self.run = self.records.run
         self.mappings_opened = 0
         self.mappings_refused = 0
         self.fallbacks = 0
@@ -308,8 +258,6 @@ class PcpGateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._relay_calls: set[str] = set()  # calls with relay records in the store
-        self._lapse_timers: set[asyncio.TimerHandle] = set()
 
     @classmethod
     async def start(cls, config: PcpGatewayConfig, relay: RelayConfig, *, lifetime: float,
@@ -356,9 +304,7 @@ class PcpGateway:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for handle in self._lapse_timers:
-            handle.cancel()
-        self._lapse_timers.clear()
+        self.records.close()
         for task in list(self._tasks):
             task.cancel()
         calls = list(self._calls)
@@ -368,158 +314,36 @@ class PcpGateway:
                 CLOSE_DEADLINE)
         await self.client.close()
         await self.fallback.close()
-        # The relay died with it; a mapping not deleted stays recorded for the next run.
-        self._write("forget this run's relays",
-                    lambda store: store.allocations.forget_run(self.run.run_id))
-        self._relay_calls.clear()
-
-    # -- restart recovery ----------------------------------------------------------------------
+        self.records.forget_relays()
 
     async def recover(self) -> RecoveryOutcome:
-        """Delete at the PCP server every mapping an earlier, finished run of this operator
-        left recorded (RFC 6887 section 15: its nonce, lifetime 0), each logged, and forget
-        their relay allocations. A mapping whose server does not answer within the PCP
-        timeout is forgotten at its expiry. Bounded: the deletes run side by side."""
-        store = self.store
-        if store is None:
-            return RecoveryOutcome()
-        owner = self.name
-        try:
-            lapsed = store.allocations.expire(self.clock())
-            left = [m for m in store.allocations.mappings(owner)
-                    if run_gone(m.holder, self.run)]
-            runs = {r.holder.run_id for r in store.allocations.relays(owner)
-                    if run_gone(r.holder, self.run)}
-            relays = sum(store.allocations.forget_run(run_id) for run_id in runs)
-        except StoreError as exc:
-            logger.warning("gateway %s: cannot read what earlier runs left in the store (%s): "
-                           "their mappings lapse at their PCP lifetime", self.name, exc)
-            return RecoveryOutcome()
-        if relays:
-            logger.info("gateway %s: forgot %d relay allocation(s) of earlier runs (a relay "
-                        "ends with its process)", self.name, relays)
-        clients: dict[tuple[str, int], AsyncPcpClient] = {}
-        try:
-            for record in left:
-                key = (record.server, record.server_port)
-                if key not in clients:
-                    clients[key] = await self._client_for(*key)
-            done = await asyncio.gather(*(self._delete_left(clients[(r.server, r.server_port)],
-                                                            r) for r in left))
-        finally:
-            for client in set(clients.values()):
-                if client is not self.client:
-                    await client.close()
-        deleted = sum(done)
-        return RecoveryOutcome(deleted, len(left) - deleted, relays, lapsed)
-
-    async def _client_for(self, server: str, port: int) -> AsyncPcpClient:
-        """Our client for our server; a short-lived one, from the same address, for a server
-        an earlier configuration named."""
-        if ipaddress.ip_address(server) == self.config.address and port == self.config.port:
-            return self.client
-        local = str(self.client.client_address)
-        same_family = ipaddress.ip_address(server).version == self.client.client_address.version
-        try:
-            return await open_pcp_client(server, port=port,
-                                         local_address=local if same_family else None)
-        except OSError:
-            return self.client  # its deletes fail below and the records lapse
-
-    async def _delete_left(self, client: AsyncPcpClient, record: PcpMappingRecord) -> bool:
-        holder = record.holder
-        what = (f"PCP {record.opcode} {record.external_address}:{record.external_port} for "
-                f"{record.internal_address}:{record.internal_port} (Call-ID {record.call_id} "
-                f"{record.leg} leg, left by run {holder.run_id}, pid {holder.pid})")
-        try:
-            if ipaddress.ip_address(record.server) != ipaddress.ip_address(
-                    str(client.core.config.server.address)) \
-                    or record.server_port != client.core.config.server.port:
-                raise PcpError(f"no socket towards {record.server} port {record.server_port}")
-            await client.release(mapping_request(record), record.nonce,
-                                 timeout=self.config.timeout)
-        except (PcpError, OSError, ValueError) as exc:
-            left = record.expires_at - self.clock()
-            logger.warning("gateway %s: cannot delete %s at %s (%s): forgetting it when it "
-                           "lapses, in %.0f s", self.name, what, record.server, exc,
-                           max(left, 0.0))
-            self._forget_at(record)
-            return False
-        logger.info("gateway %s: deleted %s at %s (RFC 6887 section 15)", self.name, what,
-                    record.server)
-        self._write("forget a deleted mapping", lambda store: store.allocations.remove_mapping(
-            holder.run_id, record.call_id, record.leg))
-        return True
-
-    def _forget_at(self, record: PcpMappingRecord) -> None:
-        """Forget the record once its mapping has lapsed at the CGN."""
-        if self._closed:
-            return
-
-        def forget() -> None:
-            self._lapse_timers.discard(handle)
-            self._write("forget a lapsed mapping", lambda store: store.allocations.expire(
-                max(self.clock(), record.expires_at)))
-
-        handle = self.loop.call_later(max(record.expires_at - self.clock(), 0.0), forget)
-        self._lapse_timers.add(handle)
+        """Delete at the PCP server what earlier, finished runs of this operator left recorded
+        and forget their relay allocations (RunRecords.recover); bounded by the PCP timeout."""
+        return await self.records.recover(self.client, self.config.timeout)
 
     # -- the record ----------------------------------------------------------------------------
-
-    def _write(self, what: str, change: Callable[[Store], object]) -> None:
-        """A store change; a failing store is logged, never a failed call."""
-        if self.store is None:
-            return
-        try:
-            change(self.store)
-        except StoreError as exc:
-            logger.warning("gateway %s: cannot %s in the store: %s", self.name, what, exc)
-
-    def _wall(self, loop_time: float | None) -> float:
-        """A loop-clock instant on the wall clock of the records."""
-        left = (loop_time - self.loop.time()) if loop_time is not None else 0.0
-        return self.clock() + left
 
     def _record(self, call_id: str, state: _PcpLeg, expires_at: float | None = None) -> None:
         """The leg's mapping into the store (granted, renewed, FILTER replaced)."""
         mapping = state.mapping
         if mapping is None or self.store is None:
             return
-        request = mapping.request
-        peer = mapping.peer
-        record = PcpMappingRecord(
-            self.run, call_id, state.leg.value, self.config.server, self.config.port,
-            request.protocol, request.opcode.name, str(_third_party(request)),
-            request.internal_port, str(mapping.external.address), mapping.external.port,
-            str(peer.address) if peer is not None else None,
-            peer.port if peer is not None else None, mapping.nonce, request.lifetime,
-            self._wall(expires_at if expires_at is not None else self._expires_at(mapping)))
-        mapping.record = record
-        self._write("record a PCP mapping", lambda store: store.allocations.put_mapping(record))
+        mapping.record = self.records.put_mapping(
+            call_id, state.leg.value, mapping.request, mapping.external, mapping.peer,
+            mapping.nonce, expires_at if expires_at is not None else self._expires_at(mapping))
 
     def _unrecord(self, call_id: str, state: _PcpLeg, mapping: _Mapping) -> None:
         if mapping.record is None:
             return
         mapping.record = None
-        self._write("forget a PCP mapping", lambda store: store.allocations.remove_mapping(
-            self.run.run_id, call_id, state.leg.value))
+        self.records.remove_mapping(call_id, state.leg.value)
 
     def _record_relays(self, call_id: str) -> None:
         """The call's relay allocations, as the relay holds them now, into the store."""
         if self.store is None:
             return
-        legs = [leg for leg in self.fallback.open_legs(kernel=False) if leg.call_id == call_id]
-        if not legs and call_id not in self._relay_calls:
-            return
-        records = tuple(_relay_record(self.run, leg, self._wall(leg.allocation.expires_at))
-                        for leg in legs)
-        if records:
-            self._relay_calls.add(call_id)
-        else:
-            self._relay_calls.discard(call_id)
-        self._write("record relay allocations",
-                    lambda store: store.allocations.put_relays(self.run.run_id, call_id,
-                                                               records))
+        self.records.put_relays(call_id, [leg for leg in self.fallback.open_legs(kernel=False)
+                                          if leg.call_id == call_id])
 
     # -- the seam ------------------------------------------------------------------------------
 
@@ -671,7 +495,7 @@ class PcpGateway:
                            mapping.external, exc, mapping.request.lifetime)
             if mapping.record is not None:
                 # Recorded until it lapses: a restart meanwhile tries the delete again.
-                self._forget_at(mapping.record)
+                self.records.forget_at(mapping.record)
             return
         self._unrecord(call_id, state, mapping)
         logger.info("gateway %s: Call-ID %s %s leg: PCP %s %s deleted", self.name, call_id,
@@ -909,14 +733,6 @@ class PcpGateway:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         self._arm_expiry()
-
-
-def _relay_record(run: GatewayRun, leg: OpenLeg, expires_at: float) -> RelayRecord:
-    a = leg.allocation
-    return RelayRecord(
-        run, leg.call_id, leg.leg.value, a.caller_side[0], a.caller_side[1], a.callee_side[1],
-        show_address(a.caller_peer), show_address(a.callee_peer) if leg.answered else None,
-        expires_at)
 
 
 def _outcome(error: PcpError) -> str:
