@@ -92,7 +92,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print one JSON object with the outcome instead of the human view",
+        help="print one JSON object with the outcome on stdout instead of the human view "
+             "(the step lines go to stderr; the ladder is only written as HTML)",
     )
     parser.add_argument(
         "--play",

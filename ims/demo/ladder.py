@@ -9,7 +9,9 @@ from typing import TextIO
 from ims.trace import TraceError, calls, read_trace, render_ladder, render_ladder_html
 
 
-def show_ladder(trace: Path | None, out: Path, view: TextIO) -> None:
+def show_ladder(trace: Path | None, out: Path, view: TextIO, *, draw: bool = True) -> None:
+    """Draw the last INVITE's ladder on `view` (unless `draw` is False: --json keeps the
+    terminal to the progress lines) and write it as out/ladder.html."""
     if trace is None or not trace.exists():
         return
     try:
@@ -18,8 +20,9 @@ def show_ladder(trace: Path | None, out: Path, view: TextIO) -> None:
         if not invites:
             return
         call_id = invites[-1].call_id
-        print("\nThe call's SIP ladder (from the operators' trace):", file=view)
-        print(render_ladder(entries, call_id, width=140), file=view)
+        if draw:
+            print("\nThe call's SIP ladder (from the operators' trace):", file=view)
+            print(render_ladder(entries, call_id, width=140), file=view)
         html = out / "ladder.html"
         html.write_text(render_ladder_html(entries, call_id), encoding="utf-8")
         print(f"ladder written to {html}", file=view)

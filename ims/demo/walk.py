@@ -90,7 +90,7 @@ async def run_scenario(out: Path, scenario: Scenario, as_json: bool,
             steps.failed = steps.failed or f"the testbed world failed: {exc}"
         elif left := [item for item in leftovers if " TIME-WAIT " not in item]:
             steps.failed = steps.failed or f"the testbed world left behind: {'; '.join(left)}"
-    show_ladder(steps.trace, out, view)
+    show_ladder(steps.trace, out, view, draw=not as_json)
     if as_json:
         print(json.dumps(report.as_json(steps.failed is None)), flush=True)
     if steps.failed is not None:
