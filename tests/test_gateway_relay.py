@@ -10,7 +10,7 @@ from ims.gateway.errors import (
     RelayRefused,
     UnknownAllocation,
 )
-from ims.gateway.relay import PermittedPeer, RelayConfig, RelayTable, Side
+from ims.gateway.relay import PermittedPeer, RelayConfig, RelayTable, Side, is_binding_request
 
 BILL = ("127.0.0.1", 40001)
 DAVE = ("127.0.0.1", 40002)
@@ -173,3 +173,30 @@ def test_permit_moves_the_one_admitted_peer_of_a_side() -> None:
     assert relay.receive(allocation.id, Side.CALLEE, DAVE, 10, 1.0) == BILL
     assert relay.receive(allocation.id, Side.CALLER, BILL, 10, 1.0) == DAVE
     assert relay.receive(allocation.id, Side.CALLEE, ("127.0.0.1", 9), 10, 1.0) is None
+
+
+# RFC 5769 section 2.1, "Sample request": a Binding request with USERNAME "evtj:h6vY",
+# MESSAGE-INTEGRITY under the short-term password "VOkJxbRl1RmTxUk/WvJxBt" and FINGERPRINT
+# (the standard STUN test vector; its USERNAME padding is spaces, which section 2.1 allows).
+RFC5769_SAMPLE_REQUEST = bytes.fromhex(
+    "000100582112a442b7e7a701bc34d686fa87dfae"
+    "802200105354554e207465737420636c69656e74"  # SOFTWARE "STUN test client"
+    "002400046e0001ff"  # PRIORITY
+    "80290008932ff9b151263b36"  # ICE-CONTROLLED
+    "000600096576746a3a68367659202020"  # USERNAME "evtj:h6vY"
+    "000800149aeaa70cbfd8cb56781ef2b5b2d3f249c1b571a2"  # MESSAGE-INTEGRITY
+    "80280004e57a3bcf")  # FINGERPRINT
+RFC5769_PASSWORD = b"VOkJxbRl1RmTxUk/WvJxBt"
+
+
+def test_rfc5769_sample_request_latches_with_its_username_and_password() -> None:
+    """RFC 5769 section 2.1: the relay's latch check accepts the standard vector, and only
+    with its USERNAME and the password its MESSAGE-INTEGRITY was made with (RFC 8489 14.5)."""
+    assert is_binding_request(RFC5769_SAMPLE_REQUEST, b"evtj:h6vY", RFC5769_PASSWORD)
+    assert is_binding_request(RFC5769_SAMPLE_REQUEST, b"evtj:h6vY")  # USERNAME only
+    assert not is_binding_request(RFC5769_SAMPLE_REQUEST, b"evtj:h6vY", b"not the password")
+    assert not is_binding_request(RFC5769_SAMPLE_REQUEST, b"h6vY:evtj", RFC5769_PASSWORD)
+    tampered = bytearray(RFC5769_SAMPLE_REQUEST)
+    tampered[30] ^= 0x01  # one bit of SOFTWARE, under the integrity
+    assert not is_binding_request(bytes(tampered), b"evtj:h6vY", RFC5769_PASSWORD)
+    assert not is_binding_request(RFC5769_SAMPLE_REQUEST[:-1], b"evtj:h6vY", RFC5769_PASSWORD)
