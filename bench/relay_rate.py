@@ -67,6 +67,7 @@ from typing import cast
 from bench import BenchConfigError, BenchError, Benchmark
 from bench.machine import machine_facts
 from ims.gateway.nft_relay import NftRelayDataPlane, RelayBed, measure_forwarding_rate
+from ims.testbed.requirements import missing_for_world
 
 LOOPBACK = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +76,9 @@ SUBJECT_NAMES = ("direct", "ueconnect", "coturn", "kernel")
 BASELINES = {"kernel": "kernel-routed"}
 KERNEL_BURST_DATAGRAMS = 20_000
 KERNEL_RELAY_PORTS = (40000, 40001)  # R:Pa faces A, R:Pb faces B
+# (program, Debian package) the kernel subject's RelayBed and data plane run.
+KERNEL_TOOLS = (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack"),
+                ("sysctl", "procps"))
 SOCKET_BUFFER_BYTES = 4 << 20
 TURN_USER, TURN_PASSWORD, TURN_REALM = "bench", "bench-password", "bench.invalid"
 CHANNEL = 0x4000  # the first TURN channel number (RFC 8656 section 12)
@@ -432,17 +436,8 @@ def _channel_header(length: int) -> bytes:
 
 
 def kernel_missing() -> str | None:
-    """Why the kernel subject cannot run here, or None."""
-    if sys.platform != "linux":
-        return "the kernel relay needs Linux (network namespaces, nftables)"
-    if os.geteuid() != 0:
-        return ("needs root: the kernel relay runs in network namespaces of its own with "
-                "nftables rules (run `sudo python3 -m bench relay_rate`)")
-    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("conntrack", "conntrack"),
-                          ("sysctl", "procps")):
-        if shutil.which(tool) is None:
-            return f"'{tool}' is not installed (Debian package {package})"
-    return None
+    """Why the kernel subject cannot run here (Linux, root, the bed's tools), or None."""
+    return missing_for_world(tools=KERNEL_TOOLS)
 
 
 @contextlib.contextmanager

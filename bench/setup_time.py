@@ -302,7 +302,7 @@ async def _released(world: TestbedWorld) -> bool:
     while time.monotonic() < end:
         busy = False
         for op in ("Alpha", "Beta"):
-            if await world.open_legs(op) or await world.pcp_mappings(op):
+            if await world.open_legs(op, kernel=False) or await world.pcp_mappings(op):
                 busy = True
         if not busy:
             return True

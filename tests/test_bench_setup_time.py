@@ -77,20 +77,9 @@ def test_without_root_exits_2_saying_so(monkeypatch: pytest.MonkeyPatch,
     assert "needs root" in capsys.readouterr().err
 
 
-def _skip_reason() -> str | None:
-    missing = missing_requirement()
-    if missing:
-        return missing
-    from ims.testbed.world import pcp_gateway_available
-
-    if not pcp_gateway_available():
-        return "needs [gateway] mode pcp (ims/gateway/pcp_gateway.py), not in this tree yet"
-    return None
-
-
 @pytest.mark.root
 def test_direct_scenario_in_the_testbed(tmp_path: Path) -> None:
-    reason = _skip_reason()
+    reason = missing_requirement()
     if reason:
         pytest.skip(reason)
     out = tmp_path / "setup.json"

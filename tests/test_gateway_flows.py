@@ -20,6 +20,7 @@ import pytest
 
 from bench.sipp import free_udp_tcp_port as _free_port
 from ims.config import ConfigError, GatewayMode, Role, parse_config
+from ims.gateway.pcp_gateway import PcpGateway
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import DISCARD_PORT, RelayGateway, session_expires
 from ims.operator import Operator
@@ -87,11 +88,19 @@ async def world(tmp_path: Path, people: tuple[str, ...] = ("bill", "dave")
         ops, stores = await start_operators(stack, tmp_path, extra=extra)
         alpha, beta = ops["alpha"], ops["beta"]
         apps = {name: App() for name in PEOPLE}
-        agents = {name: await _agent(stack, name, ops, apps[name]) for name in people}
-        for name, agent in agents.items():
-            await agent.register(SipUri(host=DOMAINS[PEOPLE[name][0]]), username=_impi(name),
-                                 password=PASSWORD.format(name))
+        agents = await _registered(stack, ops, apps, people)
         yield World(alpha, beta, stores, agents, apps)
+
+
+async def _registered(stack: AsyncExitStack, ops: dict[str, Operator], apps: dict[str, App],
+                      people: tuple[str, ...]) -> dict[str, UeAgent]:
+    """An agent for each of `people`, answering through its app, registered with its
+    operator (the extension's option tag supported)."""
+    agents = {name: await _agent(stack, name, ops, apps[name]) for name in people}
+    for name, agent in agents.items():
+        await agent.register(SipUri(host=DOMAINS[PEOPLE[name][0]]), username=_impi(name),
+                             password=PASSWORD.format(name))
+    return agents
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -165,9 +174,10 @@ async def _until(condition: Any, what: str, timeout: float = 3.0) -> None:
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
-def _closed(gateway: RelayGateway) -> bool:
-    return not gateway.relay.list() and gateway.relay.open_sockets() == 0 and not \
-        gateway.open_legs()
+def _closed(*gateways: RelayGateway | PcpGateway) -> bool:
+    """Nothing open at any of `gateways`: no leg, no relay allocation, no relay socket."""
+    return all(not g.open_legs() and not g.relay.list() and g.relay.open_sockets() == 0
+               for g in gateways)
 
 
 def test_relayed_call_carries_datagrams_both_ways_and_releases_on_bye(tmp_path: Path) -> None:
@@ -235,7 +245,7 @@ def test_relayed_call_carries_datagrams_both_ways_and_releases_on_bye(tmp_path: 
             assert alpha_allocation.counters.callee_to_caller_datagrams == DATAGRAMS
 
             assert (await call.bye()).status_code == 200
-            await _until(lambda: _closed(alpha) and _closed(beta), "everything released")
+            await _until(lambda: _closed(alpha, beta), "everything released")
             # Released means closed: datagrams to the old ports reach no one.
             bill_socket.send(b"late", to_alpha)
             await asyncio.sleep(0.05)
@@ -260,7 +270,7 @@ def test_refused_call_leaves_nothing_open(tmp_path: Path) -> None:
             # prepared Bill's side before forwarding (flow step 4), released it on the 603.
             assert beta.allocations_made == 0
             assert alpha.allocations_made == 1
-            await _until(lambda: _closed(alpha) and _closed(beta), "Alpha's leg released")
+            await _until(lambda: _closed(alpha, beta), "Alpha's leg released")
 
     run(main())
 
@@ -280,7 +290,7 @@ def test_rejected_by_callee_ue_releases_both_operators(tmp_path: Path) -> None:
             incoming.reject(486)  # a non-2xx final response on the only branch
             with pytest.raises(CallFailed):
                 await task
-            await _until(lambda: _closed(alpha) and _closed(beta), "both legs released")
+            await _until(lambda: _closed(alpha, beta), "both legs released")
 
     run(main())
 

@@ -58,23 +58,25 @@ from ims.sdp import (
 )
 from ims.seams import Leg
 from ims.sip.message import Request
-from ims.sip.uri import SipUri, parse_uri
+from ims.sip.uri import parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall
 from tests.test_gateway_flows import (
     SDP,
     _answer,
     _asking,
+    _closed,
     _exchange,
     _gateway_config,
     _invite,
     _offer,
     _ok,
+    _registered,
     _socket,
     _until,
     run,
 )
-from tests.test_operator_flows import DOMAINS, NETS, PASSWORD, PEOPLE, _impi, start_operators
-from tests.test_permission_flows import CALL, DAVE, App, _agent
+from tests.test_operator_flows import NETS, PEOPLE, start_operators
+from tests.test_permission_flows import CALL, DAVE, App
 from ue_ua.agent import UeAgent
 
 BILL_HOST = ("127.0.0.1", 40000)
@@ -170,10 +172,7 @@ async def world(tmp_path: Path, *, refuse: tuple[str, ...] = (), silent: tuple[s
         apps = {name: App("allow") for name in PEOPLE}
         for app in apps.values():
             app.gate.set()
-        agents = {name: await _agent(stack, name, ops, apps[name]) for name in ("bill", "dave")}
-        for name, agent in agents.items():
-            await agent.register(SipUri(host=DOMAINS[PEOPLE[name][0]]), username=_impi(name),
-                                 password=PASSWORD.format(name))
+        agents = await _registered(stack, ops, apps, ("bill", "dave"))
         yield World(ops["alpha"], ops["beta"], cgns, agents, apps)
 
 
@@ -184,11 +183,6 @@ def _kinds(body: bytes) -> list[tuple[str, str]]:
 def _default(body: bytes) -> tuple[str, int]:
     default = negotiated_endpoints(parse_sdp(body)).default
     return default.address, default.port
-
-
-def _released(*gateways: PcpGateway) -> bool:
-    return all(not g.open_legs() and not g.relay.list() and g.relay.open_sockets() == 0
-               for g in gateways)
 
 
 async def _call(w: World, offer: bytes) -> tuple[asyncio.Task[Any], IncomingCall]:
@@ -269,7 +263,7 @@ def test_rfc6887_map_filter_then_peer_then_filter_replaced_and_deleted_after_bye
             # The server drops the mapping from its table, then (a step later) its rules.
             await _until(lambda: not any(c.mappings or c.plane.rules for c in w.cgns.values()),
                          "both mappings and their rules deleted (RFC 6887 15)")
-            await _until(lambda: _released(alpha, beta), "nothing open at either operator")
+            await _until(lambda: _closed(alpha, beta), "nothing open at either operator")
 
     run(main())
 
@@ -301,7 +295,7 @@ def test_refusing_cgns_fall_back_to_the_relays_which_carry_the_datagrams(tmp_pat
             to_beta = (beta_relay.address, beta_relay.port)
             await _exchange(bill, to_alpha, dave, to_beta, count=20)
             assert (await call.bye()).status_code == 200
-            await _until(lambda: _released(alpha, beta), "both relays released")
+            await _until(lambda: _closed(alpha, beta), "both relays released")
 
     run(main())
 
@@ -323,7 +317,7 @@ def test_unanswered_pcp_falls_back_within_pcp_timeout(tmp_path: Path) -> None:
             [only] = mapping.filters
             assert (str(only.remote_peer_address), only.remote_peer_port) == relayed.caller_side
             assert (await call.bye()).status_code == 200
-            await _until(lambda: not w.cgns["alpha"].mappings and _released(alpha, beta),
+            await _until(lambda: not w.cgns["alpha"].mappings and _closed(alpha, beta),
                          "everything released")
 
     run(main())
@@ -339,7 +333,7 @@ def test_failed_invite_and_refused_call_leave_nothing_mapped(tmp_path: Path) -> 
             incoming.reject(486)
             with pytest.raises(CallFailed):
                 await task
-            await _until(lambda: not w.cgns["alpha"].mappings and _released(alpha, beta),
+            await _until(lambda: not w.cgns["alpha"].mappings and _closed(alpha, beta),
                          "released after the 486")
             # Dave's permission refuses: nothing was asked of Beta's CGN at all.
             w.apps["dave"].decision = "deny"
@@ -347,7 +341,7 @@ def test_failed_invite_and_refused_call_leave_nothing_mapped(tmp_path: Path) -> 
                 await w.agents["bill"].ua.call(parse_uri(DAVE), extra=CALL,
                                                body=_offer(BILL_HOST), content_type=SDP)
             assert failed.value.response.status_code == 603
-            await _until(lambda: not w.cgns["alpha"].mappings and _released(alpha, beta),
+            await _until(lambda: not w.cgns["alpha"].mappings and _closed(alpha, beta),
                          "released after the 603")
             assert not w.cgns["beta"].added()
             assert len(w.cgns["alpha"].added()) == 2  # one MAP per call, both deleted
@@ -602,7 +596,7 @@ def test_rfc7362_relays_latch_ues_whose_default_is_their_stun_mapping_of_a_symme
             assert (counters.caller_to_callee_datagrams, counters.callee_to_caller_datagrams,
                     counters.dropped_unpermitted) == (21, 21, 0)
             assert (await call.bye()).status_code == 200
-            await _until(lambda: _released(alpha, beta), "both relays released")
+            await _until(lambda: _closed(alpha, beta), "both relays released")
 
     run(main())
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from ims.cli import main as cli_main
-from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig, new_run, run_gone
+from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig
+from ims.gateway.pcp_recovery import new_run, run_gone
 from ims.gateway.relay import RelayConfig
 from ims.pcp.aioserver import RunningPcpServer, start_pcp_server
 from ims.pcp.constants import Opcode

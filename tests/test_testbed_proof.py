@@ -24,8 +24,7 @@ f. the same with endpoint-independent CGNs (--nat eim), and Bill to Carol at the
    each UE binds its own port), so their best pair is host to host on that host: direct,
    not crossing the CGN; the operator's mappings are opened and released all the same.
 
-Root only (skips naming what is missing); tests needing [gateway] mode pcp skip while the
-tree has no PCP gateway (ims/gateway/pcp_gateway.py).
+Root only (skips naming what is missing).
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from ims.permission.outcomes import Decision
 from ims.testbed.builder import run_command
 from ims.testbed.netns import NamespaceLoop
 from ims.testbed.requirements import missing_for_world
-from ims.testbed.world import PcpMode, TestbedWorld, pcp_gateway_available
+from ims.testbed.world import PcpMode, TestbedWorld
 
 pytestmark = pytest.mark.root
 
@@ -63,20 +62,11 @@ def _skip_reason() -> str | None:
     return missing_for_world(ue_api=True)
 
 
-NO_PCP_GATEWAY = ("needs [gateway] mode pcp (ims/gateway/pcp_gateway.py and the pcp_server "
-                  "key), which this tree does not have yet")
-
-
 @pytest.fixture(autouse=True)
 def _root_and_tools() -> None:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-
-
-def _needs_pcp_gateway() -> None:
-    if not pcp_gateway_available():
-        pytest.skip(NO_PCP_GATEWAY)
 
 
 def run(coro: Coroutine[Any, Any, None], timeout: float = 40.0) -> None:
@@ -211,7 +201,7 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str,
 
 async def nothing_open(w: TestbedWorld) -> bool:
     for op in ("Alpha", "Beta"):
-        if await w.open_legs(op) or await w.pcp_mappings(op):
+        if await w.open_legs(op, kernel=False) or await w.pcp_mappings(op):
             return False
         if w.nft_rules(f"{op.lower()}-cgn"):
             return False
@@ -344,8 +334,6 @@ async def _from(loop: NamespaceLoop, host: str, port: int,
 
 
 def test_b_d_e_with_help_the_path_is_direct_through_the_mappings(tmp_path: Path) -> None:
-    _needs_pcp_gateway()
-
     async def main() -> None:
         async with world(tmp_path, "b", pcp="ours", gateway="pcp") as w, \
                 ues(w, "Bill", "Dave", setup_timeout=SETUP_TIMEOUT) as (bill, dave):
@@ -355,8 +343,6 @@ def test_b_d_e_with_help_the_path_is_direct_through_the_mappings(tmp_path: Path)
 
 
 def test_c_pcp_refused_the_operators_relay(tmp_path: Path) -> None:
-    _needs_pcp_gateway()
-
     async def main() -> None:
         async with world(tmp_path, "c", pcp=PcpMode.REFUSE, gateway="pcp") as w, \
                 ues(w, "Bill", "Dave", setup_timeout=SETUP_TIMEOUT) as (bill, dave):
@@ -395,8 +381,6 @@ def test_c_pcp_refused_the_operators_relay(tmp_path: Path) -> None:
 
 
 def test_f_endpoint_independent_cgns_and_the_same_operator(tmp_path: Path) -> None:
-    _needs_pcp_gateway()
-
     async def main() -> None:
         async with world(tmp_path, "f", nat="eim", pcp="ours", gateway="pcp") as w:
             async with ues(w, "Bill", "Dave", setup_timeout=SETUP_TIMEOUT) as (bill, dave):

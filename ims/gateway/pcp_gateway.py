@@ -57,13 +57,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from ims.gateway.aiorelay import RelayService
 from ims.gateway.errors import GatewayUsageError
-from ims.gateway.pcp_recovery import (
-    RecoveryOutcome,
-    RunRecords,
-    mapping_request,
-    new_run,
-    run_gone,
-)
+from ims.gateway.pcp_recovery import RecoveryOutcome, RunRecords, new_run
 from ims.gateway.relay import RelayConfig
 from ims.gateway.service import (
     SDP_TYPE,
@@ -103,16 +97,7 @@ from ims.seams import ConnectRequest, Leg, Refusal
 from ims.sip.message import Request, Response
 from ims.store import PcpMappingRecord, Store
 
-# The restart recovery names are ims.gateway.pcp_recovery's, re-exported where callers had them.
-__all__ = [
-    "PcpGateway",
-    "PcpGatewayConfig",
-    "PcpOpenLeg",
-    "RecoveryOutcome",
-    "mapping_request",
-    "new_run",
-    "run_gone",
-]
+__all__ = ["PcpGateway", "PcpGatewayConfig", "PcpOpenLeg"]
 
 logger = logging.getLogger(__name__)
 
@@ -427,8 +412,9 @@ class PcpGateway:
 
     # -- the listing ---------------------------------------------------------------------------
 
-    def open_legs(self) -> tuple[PcpOpenLeg | OpenLeg, ...]:
-        """Every leg holding a PCP mapping, then every leg holding a relay allocation."""
+    def open_legs(self, *, kernel: bool = True) -> tuple[PcpOpenLeg | OpenLeg, ...]:
+        """Every leg holding a PCP mapping, then every leg holding a relay allocation (`kernel`:
+        as `RelayGateway.open_legs`)."""
         now = self.loop.time()
         out: list[PcpOpenLeg | OpenLeg] = []
         for call_id, call in self._calls.items():
@@ -444,7 +430,7 @@ class PcpGateway:
                     mapping.external, mapping.peer,
                     expires_at - now if expires_at is not None else 0.0,
                 ))
-        return (*out, *self.fallback.open_legs())
+        return (*out, *self.fallback.open_legs(kernel=kernel))
 
     # -- inside: the CGN -----------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from ims.gateway.aiorelay import RelayService, with_kernel
-from ims.gateway.errors import GatewayError, UnknownAllocation
+from ims.gateway.errors import GatewayError, GatewayUsageError, UnknownAllocation
 from ims.gateway.nft_relay import KernelRelayCounters, NftRelayDataPlane
 from ims.gateway.relay import (
     Address,
@@ -67,6 +67,7 @@ from ims.gateway.relay import (
     RelayConfig,
     RelayTable,
     Side,
+    normalise_address,
 )
 from ims.sdp import (
     Candidate,
@@ -144,9 +145,10 @@ def default_behind_nat(stream: NegotiatedStream) -> bool:
 
 
 def _canonical(address: str) -> str:
+    """`normalise_address`, a name (which no candidate should carry) lower-cased instead."""
     try:
-        return ipaddress.ip_address(address.split("%")[0]).compressed
-    except ValueError:
+        return normalise_address(address)
+    except GatewayUsageError:
         return address.lower()
 
 

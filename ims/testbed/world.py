@@ -11,8 +11,7 @@ i.e. one thread with its own asyncio loop, per namespace):
   NO_RESOURCES; or, with `pcp="off"`, nothing on 5351;
 - each `<op>-core`: the operator (ims.operator.Operator) from a config like the embedded
   world's (ims/embedded.py) with the testbed addresses of ims/dns/worlds.py, [gateway] mode pcp
-  towards its own CGN (relay while the tree has no PCP gateway), the demo subscribers
-  provisioned;
+  towards its own CGN, the demo subscribers provisioned;
 - each `<op>-ue`: an idle loop for the UE side; tests and the demo run their UEs there
   (`start_ue`: a registered UeClient in that loop);
 - with `delay_ms`, first of all: that one-way delay on the egress of every interface of the
@@ -30,10 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import importlib
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -46,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from ims.config import GatewayConfig, GatewayMode, Role, load_config
+from ims.config import GatewayMode, Role, load_config
 from ims.dns import worlds
 from ims.dns.server import start_server
 from ims.embedded import (
@@ -92,7 +89,6 @@ __all__ = [
     "TestbedWorld",
     "WorldError",
     "WorldLeftovers",
-    "pcp_gateway_available",
 ]
 
 T = TypeVar("T")
@@ -132,12 +128,6 @@ class PcpMode(enum.StrEnum):
     OURS = "ours"  # ims.pcp's server with the nftables data plane
     REFUSE = "refuse"  # every request answered NO_RESOURCES: the operators fall back to relays
     OFF = "off"  # nothing listens on 5351
-
-
-def pcp_gateway_available() -> bool:
-    """Whether this tree has [gateway] mode pcp wired (the PCP gateway and its config keys)."""
-    has_keys = "pcp_server" in {f.name for f in dataclasses.fields(GatewayConfig)}
-    return has_keys and importlib.util.find_spec("ims.gateway.pcp_gateway") is not None
 
 
 # -- the refusing CGN --------------------------------------------------------------------------
@@ -340,10 +330,12 @@ class TestbedWorld:
 
         return await self.core_loop(operator).run(work)
 
-    async def open_legs(self, operator: str) -> tuple[Any, ...]:
-        """What the operator's gateway holds open (`gateway.open_legs()`); () with none."""
+    async def open_legs(self, operator: str, *, kernel: bool = True) -> tuple[Any, ...]:
+        """What the operator's gateway holds open (`gateway.open_legs(kernel=kernel)`: False
+        spares the core's loop the kernel counters' `nft` listing); () with none."""
         return await self.in_core(
-            operator, lambda op: tuple(op.gateway.open_legs()) if op.gateway else ())
+            operator,
+            lambda op: tuple(op.gateway.open_legs(kernel=kernel)) if op.gateway else ())
 
     async def pcp_mappings(self, operator: str) -> tuple[Mapping, ...]:
         """The mappings the CGN's PCP server holds now (none for refuse/off)."""
@@ -448,7 +440,7 @@ class TestbedWorld:
         *,
         nat: NatBehaviour | str = NatBehaviour.SYMMETRIC,
         pcp: PcpMode | str = PcpMode.OURS,
-        gateway: GatewayMode | str | None = None,
+        gateway: GatewayMode | str = GatewayMode.PCP,
         trace: bool | Path = False,
         prefix: str = PREFIX,
         state_dir: Path | str = DEFAULT_STATE_DIR,
@@ -464,8 +456,8 @@ class TestbedWorld:
         """Run the world on the testbed in `state_dir` (built here, and taken down on exit,
         when none is recorded there; reused when one is up with the same options).
 
-        `gateway` is the operators' [gateway] mode: default pcp when the tree has it wired
-        (`pcp_gateway_available()`), else relay; "off" for unassisted. `trace` True writes
+        `gateway` is the operators' [gateway] mode: pcp (default), relay, or "off" for
+        unassisted. `trace` True writes
         workdir/trace.jsonl (or give a path). `delay_ms`: a one-way delay on the egress of
         every interface of the testbed's links (topology.link_delays), before anything
         starts, removed on close; by netem where the kernel has it, else by NFQUEUE
@@ -485,13 +477,7 @@ class TestbedWorld:
                 f"delay_mechanism {delay_mechanism!r}: give one of "
                 f"{', '.join(m.value for m in DelayMechanism)} or None (netem where the "
                 "kernel has it)") from None
-        if gateway is None:
-            mode = GatewayMode.PCP if pcp_gateway_available() else GatewayMode.RELAY
-        else:
-            mode = GatewayMode(gateway)
-            if mode is GatewayMode.PCP and not pcp_gateway_available():
-                raise WorldError("[gateway] mode pcp is not in this tree yet (no "
-                                 "ims.gateway.pcp_gateway or no pcp_server key)")
+        mode = GatewayMode(gateway)
         if stun and shutil.which("turnserver") is None:
             raise ToolMissing("turnserver", "coturn")
         owned_dir = workdir is None
@@ -634,7 +620,7 @@ class TestbedWorld:
                               ) -> None:
         core = self.core_loop(op.name)
         path = self.workdir / f"{op.name.lower()}.toml"
-        for stale in (*self.workdir.glob(f"{op.name.lower()}.sqlite*"),):
+        for stale in list(self.workdir.glob(f"{op.name.lower()}.sqlite*")):
             stale.unlink(missing_ok=True)
         path.write_text(config_text(op, self.gateway, self.trace), encoding="utf-8")
         config = load_config(path)
