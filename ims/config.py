@@ -68,6 +68,7 @@ __all__ = [
     "iter_listeners",
     "load_config",
     "parse_config",
+    "read_config_text",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -325,11 +326,18 @@ def load_config(path: str | Path) -> OperatorConfig:
     the last one with every problem of the file.
     """
     path = Path(path)
+    return parse_config(read_config_text(path, "an operator TOML file"), path)
+
+
+def read_config_text(path: Path, what: str) -> str:
+    """The text of the configuration file at `path`; ConfigFileError when it is missing (the
+    message asks for the path of `what`), unreadable or not UTF-8. Shared with the UE
+    configuration (ue_ua.config)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigFileError(
-            path, [ConfigProblem("", "no such file; give the path of an operator TOML file")]
+            path, [ConfigProblem("", f"no such file; give the path of {what}")]
         ) from None
     except UnicodeDecodeError as exc:
         raise ConfigFileError(
@@ -340,7 +348,6 @@ def load_config(path: str | Path) -> OperatorConfig:
         raise ConfigFileError(
             path, [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]
         ) from None
-    return parse_config(text, path)
 
 
 def parse_config(text: str, path: Path) -> OperatorConfig:

@@ -141,10 +141,10 @@ class Scscf:
         permission: PermissionFunction,
         gateway: ConnectivityGateway,
         defer: DeferWork,
+        hold: HoldWork,
         clock: Callable[[], float],
         metrics: OperatorMetrics | None = None,
         permission_endpoint: PermissionEndpoint | None = None,
-        hold: HoldWork | None = None,
     ) -> None:
         self.uri = uri
         self.permission_endpoint = permission_endpoint
@@ -299,7 +299,7 @@ class Scscf:
                 if not isinstance(completed, Response):
                     if metrics is not None:
                         metrics(response)  # the session starts with the 2xx, held or not
-                    return self._hold_for(call_id, response, completed)
+                    return self.hold(response, completed)  # the 2xx waits in the core
                 response = completed
             elif code >= 300 and not answered:
                 # Release once no branch can still answer (a CANCEL ends each as 487).
@@ -309,18 +309,6 @@ class Scscf:
             return metrics(response) if metrics is not None else response
 
         return watch
-
-    def _hold_for(self, call_id: str, response: Response,
-                  work: Awaitable[Response]) -> Response | Hold:
-        """The 2xx waits in the proxy core while the gateway completes its answer."""
-        if self.hold is None:
-            if asyncio.iscoroutine(work):
-                work.close()
-            logger.warning("S-CSCF %s: the gateway needs to wait for the 2xx of Call-ID %s "
-                           "but this S-CSCF cannot hold responses: forwarded unchanged",
-                           self.uri, call_id)
-            return response
-        return self.hold(response, work)
 
     def _on_invite_response(self, call_id: str, response: Response) -> Response:
         # Every 2xx of the INVITE passes here (RFC 3261 section 16.7 item 5), retransmissions

@@ -48,6 +48,7 @@ from ue_ua.errors import (
     UnknownOperator,
     refusal_of,
 )
+from ue_ua.game_session import percentile
 from ue_ua.ice import IceAgent, PathChanged
 
 DAVE_E164 = "+15550100002"
@@ -102,11 +103,6 @@ async def bill_and_dave(tmp_path: Path, *, decision: Decision | None = Decision.
         finally:
             await bill.close()
             await dave.close()
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 # -- connections ----------------------------------------------------------------------------------

@@ -90,6 +90,14 @@ async def relay_between(a: tuple[str, int], b: tuple[str, int]) -> tuple[Forward
     return facing_a, facing_b
 
 
+async def close_all(agents: tuple[IceAgent, ...], relays: tuple[Forwarder, ...]) -> None:
+    for agent in agents:
+        await agent.close()
+    for side in relays:
+        assert side.transport is not None
+        side.transport.close()
+
+
 def host_of(agent: IceAgent) -> tuple[str, int]:
     (local,) = agent.local_candidates
     return local.address, local.port
@@ -225,11 +233,7 @@ def test_path_kind_relay_when_the_selected_remote_candidate_is_a_relay() -> None
         await a.send(b"through the relay")
         assert await b.recv() == b"through the relay"
         assert facing_a.count == before + 1
-        for agent in (a, b):
-            await agent.close()
-        for side in (facing_a, facing_b):
-            assert side.transport is not None
-            side.transport.close()
+        await close_all((a, b), (facing_a, facing_b))
 
     run(main())
 
@@ -247,11 +251,7 @@ def test_relay_policy_answers_no_check_from_outside_the_relays() -> None:
         path_a, path_b = await asyncio.gather(a.connect(5), b.connect(5))
         assert path_a.kind == "relay" and path_b.kind == "relay"
         assert path_b.remote == facing_b.address
-        for agent in (a, b):
-            await agent.close()
-        for side in (facing_a, facing_b):
-            assert side.transport is not None
-            side.transport.close()
+        await close_all((a, b), (facing_a, facing_b))
 
     run(main())
 
@@ -279,11 +279,7 @@ def test_rfc8445_7_3_1_4_a_check_on_an_in_progress_pair_triggers_a_check_at_once
         # Without the triggered check the callee completes only with its retransmission,
         # RETRY_RTO after its lost first check.
         assert waited < 0.4 * stun.RETRY_RTO, f"{waited * 1000:.0f} ms after the path opened"
-        for agent in (callee, caller):
-            await agent.close()
-        for side in (facing_callee, facing_caller):
-            assert side.transport is not None
-            side.transport.close()
+        await close_all((callee, caller), (facing_callee, facing_caller))
 
     run(main())
 

@@ -38,14 +38,14 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, cast
 
-from ims.config import ConfigFileError, ConfigSyntaxError, ConfigValueError
+from ims.config import ConfigSyntaxError, ConfigValueError, read_config_text
 from ims.permission.errors import InvalidRuleSet
 from ims.permission.rules import RULES_VERSION, parse_rule_set
 from ims.sip.errors import ParseError
 from ims.sip.uri import SipUri, parse_uri
 from ims.toml_check import (
     MISSING,
-    ConfigProblem,
+    HostPort,
     KeyLines,
     KeyPath,
     Problems,
@@ -75,22 +75,8 @@ def load_ue_config(path: str | PathLike[str]) -> tuple[UeConfig, RuleBook | None
     Raises ConfigFileError, ConfigSyntaxError or ConfigValueError (ims.config.ConfigError),
     the last one listing every problem of the file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigFileError(
-            path, [ConfigProblem("", "no such file; give the path of a UE TOML file "
-                                     "(`ueconnect demo --serve` writes one per subscriber)")]
-        ) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigFileError(
-            path, [ConfigProblem("", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                                     "TOML files must be UTF-8")]
-        ) from None
-    except OSError as exc:
-        raise ConfigFileError(
-            path, [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]
-        ) from None
+    text = read_config_text(path, "a UE TOML file (`ueconnect demo --serve` writes one per "
+                                  "subscriber)")
     return parse_ue_config(text, path)
 
 
@@ -337,10 +323,6 @@ def _toml(value: str | int | float) -> str:
     return json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)
 
 
-def _endpoint_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def ue_config_text(config: UeConfig, *, rules: RuleBook | None = None,
                    comment: str = "") -> str:
     """A UE TOML file for `config` (and `rules` as [rules]) that `load_ue_config` reads back;
@@ -349,9 +331,9 @@ def ue_config_text(config: UeConfig, *, rules: RuleBook | None = None,
     values: Mapping[str, str | int | float] = {
         "name": config.name, "impu": config.impu, "impi": config.impi,
         "password": config.password, "home_domain": config.home_domain,
-        "pcscf": _endpoint_text(*config.pcscf), "bind_host": config.bind_host,
+        "pcscf": str(HostPort(*config.pcscf)), "bind_host": config.bind_host,
         "transport_policy": config.transport_policy,
-        **({"stun_server": _endpoint_text(*config.stun_server)}
+        **({"stun_server": str(HostPort(*config.stun_server))}
            if config.stun_server is not None else {}),
         "setup_timeout": float(config.setup_timeout),
     }  # fmt: skip

@@ -187,18 +187,19 @@ class _PinnedConnection(aioice.Connection):
     ) -> None:
         # Policy "relay": a check from anywhere but an admitted relay gets no answer, so no
         # peer reflexive pair around the relays can form (RFC 8445 section 7.3.1.3).
-        if self.admitted is not None and (_canonical(addr[0]), addr[1]) not in self.admitted:
-            return
-        super().request_received(message, addr, protocol)
+        if self._admits(addr):
+            super().request_received(message, addr, protocol)
 
     def check_incoming(
         self, message: stun.Message, addr: tuple[str, int], protocol: StunProtocol
     ) -> None:
         # Checks queued before connect() meet the admission rule here.
-        if self.admitted is not None and (_canonical(addr[0]), addr[1]) not in self.admitted:
-            return
-        super().check_incoming(message, addr, protocol)
-        self._trigger_in_progress(addr, protocol)
+        if self._admits(addr):
+            super().check_incoming(message, addr, protocol)
+            self._trigger_in_progress(addr, protocol)
+
+    def _admits(self, addr: tuple[str, int]) -> bool:
+        return self.admitted is None or (_canonical(addr[0]), addr[1]) in self.admitted
 
     def build_request(self, pair: CandidatePair, nominate: bool) -> stun.Message:
         request = super().build_request(pair, nominate)

@@ -219,11 +219,11 @@ def list_open(config: OperatorConfig, *, as_json: bool = False,
     for m in mappings:
         rows.append({
             "kind": "pcp", "call_id": m.call_id, "leg": m.leg, "opcode": m.opcode,
-            "server": _endpoint_text(m.server, m.server_port),
+            "server": str(HostPort(m.server, m.server_port)),
             "protocol": m.protocol,
-            "internal": _endpoint_text(m.internal_address, m.internal_port),
-            "external": _endpoint_text(m.external_address, m.external_port),
-            "peer": (_endpoint_text(m.peer_address, m.peer_port)
+            "internal": str(HostPort(m.internal_address, m.internal_port)),
+            "external": str(HostPort(m.external_address, m.external_port)),
+            "peer": (str(HostPort(m.peer_address, m.peer_port))
                      if m.peer_address is not None and m.peer_port is not None else None),
             "lifetime": m.lifetime, "expires_at": m.expires_at,
             "expires_in": round(m.expires_at - when, 1),
@@ -233,8 +233,8 @@ def list_open(config: OperatorConfig, *, as_json: bool = False,
     for r in relays:
         rows.append({
             "kind": "relay", "call_id": r.call_id, "leg": r.leg,
-            "caller_side": _endpoint_text(r.relay_address, r.caller_side_port),
-            "callee_side": _endpoint_text(r.relay_address, r.callee_side_port),
+            "caller_side": str(HostPort(r.relay_address, r.caller_side_port)),
+            "callee_side": str(HostPort(r.relay_address, r.callee_side_port)),
             "caller_peer": r.caller_peer, "callee_peer": r.callee_peer,
             "expires_at": r.expires_at, "expires_in": round(r.expires_at - when, 1),
             "state": state(run_gone(r.holder), r.expires_at),
@@ -273,10 +273,6 @@ def _describe_row(row: dict[str, object]) -> str:
     callee = row["callee_peer"] if row["callee_peer"] is not None else "(awaiting the answer)"
     return (f"{head} relay caller {row['caller_peer']} <-> {row['caller_side']}, callee "
             f"{row['callee_side']} <-> {callee}, {when} ({holder})")
-
-
-def _endpoint_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _describe_gateway(section: GatewayConfig | None) -> str:

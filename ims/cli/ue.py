@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from ims.config import ConfigError
+from ims.config import ConfigError, HostPort
 from ims.permission.bodies import Inquiry
 from ims.permission.errors import InvalidRuleSet
 from ims.permission.outcomes import Decision
@@ -231,7 +231,7 @@ async def run(args: argparse.Namespace, *, stop: asyncio.Event | None = None,
         return EXIT_FAILED if args.check else EXIT_USAGE
     if args.check:
         rules_text = "no [rules]" if rules is None else f"{len(rules.rules)} rule(s)"
-        io.say(f"{args.config}: OK ({config.impu} via P-CSCF {_hostport(config.pcscf)}, "
+        io.say(f"{args.config}: OK ({config.impu} via P-CSCF {HostPort(*config.pcscf)}, "
                f"transport policy {config.transport_policy}, {rules_text})")
         if args.action is None:
             return EXIT_OK
@@ -313,7 +313,7 @@ def _binding(config: UeConfig, client: UeClient, registered: Registered) -> str:
     routes = ", ".join(str(r) for r in registered.service_route) or "none"
     aliases = ", ".join(str(a.uri) for a in registered.associated_uris) or "none"
     return (f"registered {config.impu} (impi {config.impi}) through P-CSCF "
-            f"{_hostport(config.pcscf)}: contact {contact}, expires {registered.expires} s, "
+            f"{HostPort(*config.pcscf)}: contact {contact}, expires {registered.expires} s, "
             f"Service-Route {routes}, associated URIs {aliases}"
             + (", outbound (RFC 5626)" if registered.outbound else ""))
 
@@ -495,7 +495,7 @@ async def _connect_run(args: argparse.Namespace, config: UeConfig, rules: RuleBo
         if registered is None:
             outcome.error = "registration failed"
             return EXIT_FAILED
-        say(f"registered {config.impu} through P-CSCF {_hostport(config.pcscf)}")
+        say(f"registered {config.impu} through P-CSCF {HostPort(*config.pcscf)}")
         try:
             connection = await client.connect(args.peer, args.mno, application=args.application)
         except UeUsageError as exc:
@@ -588,10 +588,5 @@ async def _ping(connection: Connection, args: argparse.Namespace, outcome: _Outc
 def _describe_path(path: DataPath | None) -> str:
     if path is None:
         return "no path (closed)"
-    return (f"{path.kind} path, local {_hostport(path.local)} -> remote "
-            f"{_hostport(path.remote)}")
-
-
-def _hostport(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (f"{path.kind} path, local {HostPort(*path.local)} -> remote "
+            f"{HostPort(*path.remote)}")

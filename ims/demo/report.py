@@ -40,9 +40,15 @@ class Report:
         default_factory=lambda: {"mappings": 0, "relays": 0, "sessions": 0, "registrations": 0}
     )
 
+    @property
+    def directions(self) -> tuple[str, str]:
+        """The names of the two directions the game's datagrams are counted under, e.g.
+        ("bill_to_dave", "dave_to_bill")."""
+        caller, callee = self.caller.lower(), self.callee.lower()
+        return f"{caller}_to_{callee}", f"{callee}_to_{caller}"
+
     def as_json(self, ok: bool) -> dict[str, object]:
-        forward = f"{self.caller.lower()}_to_{self.callee.lower()}"
-        backward = f"{self.callee.lower()}_to_{self.caller.lower()}"
+        forward, backward = self.directions
         document: dict[str, object] = {
             "scenario": self.scenario,
             "ok": ok,
@@ -138,21 +144,16 @@ class Steps:
             self.report.steps.append({"name": name, "ok": False, "ms": None})
             return False
         began, since = time.perf_counter(), time.time()
+        ok = True
         try:
             detail = await asyncio.wait_for(work(), timeout)
         except (DnsError, SipError, UeError, LobbyError, GameError, StepFailed, OSError,
                 TimeoutError) as exc:  # fmt: skip
-            why = self._stopped_by(exc, since)
-            self.failed = f"step \"{name}\" failed: {why}"
-            took = (time.perf_counter() - began) * 1000
-            at = (time.perf_counter() - self.start) * 1000
-            self.report.steps.append({"name": name, "ok": False, "ms": round(took, 3)})
-            print(f"  [{at:7.1f} ms] FAIL {name} ({took:.1f} ms)\n{'':22}{why}", file=self.out,
-                  flush=True)  # fmt: skip
-            return False
+            ok, detail = False, self._stopped_by(exc, since)
+            self.failed = f"step \"{name}\" failed: {detail}"
         took = (time.perf_counter() - began) * 1000
         at = (time.perf_counter() - self.start) * 1000
-        self.report.steps.append({"name": name, "ok": True, "ms": round(took, 3)})
-        print(f"  [{at:7.1f} ms] ok   {name} ({took:.1f} ms)\n{'':22}{detail}", file=self.out,
-              flush=True)  # fmt: skip
-        return True
+        self.report.steps.append({"name": name, "ok": ok, "ms": round(took, 3)})
+        print(f"  [{at:7.1f} ms] {'ok  ' if ok else 'FAIL'} {name} ({took:.1f} ms)\n{'':22}"
+              f"{detail}", file=self.out, flush=True)
+        return ok

@@ -31,7 +31,8 @@ async def serve(out: Path, testbed: TestbedOptions | None = None) -> int:
     try:
         if testbed is None:
             async with EmbeddedWorld.start(out) as world:
-                await _serve_until(world, stop, _write_ue_configs(out, EmbeddedRun(world)))
+                embedded = EmbeddedRun(world)
+                await _serve_until(embedded, stop, _write_ue_configs(out, embedded))
         else:
             async with running_testbed(out, SCENARIOS["play"], testbed) as running:
                 await _serve_testbed_until(running, stop, _write_ue_configs(out, running))
@@ -86,12 +87,13 @@ def _credentials(world: World, operators: dict[str, Operator],
     return lines
 
 
-async def _serve_until(world: EmbeddedWorld, stop: asyncio.Event,
+async def _serve_until(running: EmbeddedRun, stop: asyncio.Event,
                        ue_configs: dict[str, Path]) -> None:
     """Say how to reach the running world, then wait for the stop signal."""
+    world = running.world
     lines = [f"ueconnect demo --serve: the embedded world runs (workdir {world.workdir})",
              f"  DNS server: 127.0.0.1:{world.dns.port} (UDP and TCP)"]  # fmt: skip
-    lines += _credentials(EmbeddedRun(world), world.operators, world.pcscf, ue_configs)
+    lines += _credentials(running, world.operators, world.pcscf, ue_configs)
     cli = _ue_command()
     lines += ["  try, each in a terminal of its own (Dave answers and echoes, Bill connects):",
               f"    {cli} ue --config {ue_configs['Dave']} listen --allow-all --echo",

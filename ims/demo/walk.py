@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TextIO
 
+from ims.config import HostPort
 from ims.demo.embedded_run import EmbeddedRun
 from ims.demo.holdings import bindings, holdings, open_now, released
 from ims.demo.ladder import show_ladder
@@ -31,6 +32,7 @@ from ue_ua.client import UeClient
 from ue_ua.connection import Connection
 from ue_ua.errors import ConnectivityFailed, ConnectRefused, DeniedByCallee, UeError
 from ue_ua.game_session import GameSessionConfig, MatchResult, percentile
+from ue_ua.ice import Path as DataPath
 from ue_ua.ice import PathKind
 from ue_ua.lobby import GameRules, Identity
 
@@ -56,10 +58,6 @@ async def running(out: Path, scenario: Scenario,
 async def _sessions(client: UeClient) -> int:
     """The UE's dialogs and open connections (read in its loop)."""
     return len(client.ua.dialogs) + len(client.connections)
-
-
-def _show(address: tuple[str, int]) -> str:
-    return f"{address[0]}:{address[1]}"
 
 
 async def run_scenario(out: Path, scenario: Scenario, as_json: bool,
@@ -110,8 +108,6 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
     caller_sub = world.subscriber(scenario.caller)
     callee_sub = world.subscriber(scenario.callee)
     caller_name, callee_name = caller_sub.name, callee_sub.name
-    forward = f"{caller_name.lower()}_to_{callee_name.lower()}"
-    backward = f"{callee_name.lower()}_to_{caller_name.lower()}"
     # On loopback the relay policy leaves the operators' relays as the only path.
     expected: PathKind | None = scenario.testbed_path if in_testbed else "relay"
     permission_function = f"{callee_sub.operator} permission function"
@@ -214,8 +210,8 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
             holding = "; ".join(f"{op} holds {held[op].describe()}" for op in operators)
             if expected is None:
                 raise StepFailed(
-                    f"the UEs connected without operator help ({path.kind} path "
-                    f"{_show(path.local)} -> {_show(path.remote)}): were the CGNs symmetric?",
+                    f"the UEs connected without operator help ({_path_text(path)}): were "
+                    "the CGNs symmetric?",
                     role="the CGNs")  # fmt: skip
             if path.kind != expected:
                 raise StepFailed(f"the ICE checks chose a {path.kind} path, {expected} was "
@@ -225,7 +221,7 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
                 f"{callee_sub.operator} asked {callee_name} (inquiry {inquiry.inquiry}: may "
                 f"{inquiry.caller} of {inquiry.caller_mno} connect?), {callee_name} answered "
                 f"allow; 200 OK and ACK; {holding}{world.cgn_summary()}; the ICE checks chose "
-                f"the {path.kind} path {_show(path.local)} -> {_show(path.remote)}: connect() "
+                f"the {_path_text(path)}: connect() "
                 f"gave the Connection in {made.setup_ms:.1f} ms; {callee_name} saw "
                 f"{accepted.peer}"
             )
@@ -326,7 +322,7 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
                                                      on_tick=screen.draw, stop=screen.quit)
                 else:
                     result = await play_in_world(world, host, guest, config)
-                _count(report, result, forward, backward)
+                _count(report, result)
                 relayed = sum(h.relayed for h in (await holdings(world)).values())
                 least = 1 if interactive else DATAGRAMS
                 got = min(result.guest.received, result.host.received)
@@ -348,7 +344,7 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
                 )  # fmt: skip
                 return (
                     f"pong, {caller_name}'s UE the session server, {pace}, over the "
-                    f"Connection ({path.kind} path {_show(path.local)} -> {_show(path.remote)}, "
+                    f"Connection ({_path_text(path)}, "
                     f"the relays forwarded {relayed} datagrams): "
                     f"{caller_name} -> {callee_name} {result.host.sent} sent / "
                     f"{result.guest.received} received, {callee_name} -> {caller_name} "
@@ -402,6 +398,10 @@ async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
         report.leaked["registrations"] = await bindings(world, world.subscribers)
 
 
+def _path_text(path: DataPath) -> str:
+    return f"{path.kind} path {HostPort(*path.local)} -> {HostPort(*path.remote)}"
+
+
 def _rtt_line(samples: tuple[float, ...]) -> str:
     if not samples:
         return "no RTT sample (no tick came back)"
@@ -409,8 +409,9 @@ def _rtt_line(samples: tuple[float, ...]) -> str:
             f"{percentile(samples, 0.5):.2f} ms, p95 {percentile(samples, 0.95):.2f} ms")
 
 
-def _count(report: Report, result: MatchResult, forward: str, backward: str) -> None:
+def _count(report: Report, result: MatchResult) -> None:
     """The game's datagrams each way, named after the scenario's peers (issue 7 item 4)."""
+    forward, backward = report.directions
     report.sent[forward], report.received[forward] = result.host.sent, result.guest.received
     report.sent[backward], report.received[backward] = result.guest.sent, result.host.received
     report.rtts = list(result.host.rtt_ms)
