@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from pathlib import Path
 
+from ims.cli.signals import stop_signals
 from ims.dns.errors import DnsError
 from ims.dns.locator import Locator, LocatorConfig
 from ims.dns.server import DEFAULT_ADDRESS, DEFAULT_PORT, start_server
@@ -99,13 +98,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"serving {names} from {zones}", flush=True)
         print(f"listening on {server.address} port {server.port} (UDP and TCP); Ctrl-C stops",
               flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        async with server:
-            await stop.wait()
+        with stop_signals() as stop:
+            async with server:
+                await stop.wait()
         return 0
 
     return asyncio.run(run())

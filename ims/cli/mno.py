@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ims.cli.signals import stop_signals
 from ims.config import (
     ConfigError,
     GatewayConfig,
@@ -128,18 +129,16 @@ async def _serve(config: OperatorConfig, roles: Sequence[Role] | None,
                  show_open: bool = False) -> int:
     from ims.operator import Operator, OperatorError
 
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     try:
-        async with Operator.start(config, roles=roles) as operator:
-            if show_open:  # before the banner: whoever reads it may signal at once
-                loop.add_signal_handler(
-                    signal.SIGUSR1, lambda: print(describe_open(operator), flush=True))
-            print(describe(operator), flush=True)
-            await stop.wait()
-            print(f"ueconnect mno: {config.operator.name} stopping", flush=True)
+        with stop_signals() as stop:
+            async with Operator.start(config, roles=roles) as operator:
+                if show_open:  # before the banner: whoever reads it may signal at once
+                    loop.add_signal_handler(
+                        signal.SIGUSR1, lambda: print(describe_open(operator), flush=True))
+                print(describe(operator), flush=True)
+                await stop.wait()
+                print(f"ueconnect mno: {config.operator.name} stopping", flush=True)
     except (OperatorError, StoreError, SipError, OSError) as exc:
         text = str(exc)  # OperatorError names the file already
         where = "" if text.startswith(str(config.source)) else f"{config.source}: "

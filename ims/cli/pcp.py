@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
-import signal
 import sys
 
+from ims.cli.signals import stop_signals
 from ims.pcp.aioclient import open_pcp_client
 from ims.pcp.aioserver import DataPlane, start_pcp_server
 from ims.pcp.client import MappingRequest
@@ -111,13 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
         control = ", ".join(sorted(map(str, config.control_addresses))) or "none"
         print(f"PCP server on {server.address} port {server.port}, external "
               f"{config.external_address}, THIRD_PARTY from {control}; Ctrl-C stops", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(signum, stop.set)
-        async with server:
-            await stop.wait()
+        with stop_signals() as stop:
+            async with server:
+                await stop.wait()
         return 0
 
     return asyncio.run(run())

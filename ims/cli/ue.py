@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from ims.cli.signals import stop_signals
 from ims.config import ConfigError, HostPort
 from ims.permission.bodies import Inquiry
 from ims.permission.errors import InvalidRuleSet
@@ -265,20 +265,8 @@ async def _stopping(stop: asyncio.Event | None) -> AsyncIterator[asyncio.Event]:
     if stop is not None:
         yield stop
         return
-    event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(signum, event.set)
-            installed.append(signum)
-        except (ValueError, RuntimeError, NotImplementedError):
-            pass  # not the main thread (or no signals here): Ctrl-C interrupts instead
-    try:
+    with stop_signals() as event:
         yield event
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
 
 
 @contextlib.asynccontextmanager

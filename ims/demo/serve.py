@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from ims.cli.signals import stop_signals
 from ims.demo.embedded_run import EmbeddedRun
 from ims.demo.scenarios import SCENARIOS
 from ims.demo.testbed_run import TestbedOptions, TestbedRun, running_testbed
@@ -24,11 +24,7 @@ from ue_ua.config import ue_config_text
 async def serve(out: Path, testbed: TestbedOptions | None = None) -> int:
     """Run the embedded world (or, with `testbed`, the testbed world) until SIGINT or SIGTERM,
     saying how to reach it; the testbed is taken down on the way out."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)  # before anything is said: no race
-    try:
+    with stop_signals() as stop:  # before anything is said: no race
         if testbed is None:
             async with EmbeddedWorld.start(out) as world:
                 embedded = EmbeddedRun(world)
@@ -36,9 +32,6 @@ async def serve(out: Path, testbed: TestbedOptions | None = None) -> int:
         else:
             async with running_testbed(out, SCENARIOS["play"], testbed) as running:
                 await _serve_testbed_until(running, stop, _write_ue_configs(out, running))
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
     print("ueconnect demo --serve: stopped" + (" (the testbed is down)" if testbed else ""),
           flush=True)
     return 0
