@@ -305,10 +305,49 @@ def check_answer(offer: SessionDescription, answer: SessionDescription) -> None:
             raise SdpNegotiationError(
                 f"answer accepts m= line {index + 1} that the offer rejected (RFC 3264 §6)"
             )
-        if not set(answered.formats) <= set(offered.formats):
+        if not _shares_a_format(offered, answered):
             raise SdpNegotiationError(
-                f"answer m= line {index + 1} has formats the offer did not list (RFC 3264 §6.1)"
+                f"answer m= line {index + 1} lists only formats the offer did not list "
+                "(RFC 3264 §6.1: an accepted stream keeps at least one offered format)"
             )
+
+
+def _shares_a_format(offered: MediaDescription, answered: MediaDescription) -> bool:
+    """RFC 3264 section 6.1: an accepted stream lists at least one format "from amongst those
+    listed in the offer", and MAY list more the offer did not (RFC 4317 section 3.2 answers
+    with PCMU to an iLBC-only offer). For RTP, a dynamic payload type names its codec only
+    through a=rtpmap, and the answer SHOULD (not MUST) reuse the offer's number: an answer
+    renumbering an offered codec still shares it (RFC 4317 section 2.3, 97 -> 99)."""
+    if any(f in offered.formats for f in answered.formats):
+        return True
+    if not answered.proto.upper().startswith("RTP/"):
+        return False
+    offered_map = _rtpmap(offered)
+    offered_codecs = {offered_map[f] for f in offered.formats if f in offered_map}
+    answered_map = _rtpmap(answered)
+    return any(
+        _is_dynamic_payload_type(f) and f in answered_map and answered_map[f] in offered_codecs
+        for f in answered.formats
+    )
+
+
+# RFC 3551 section 3: payload types 96-127 are dynamic, bound to a codec by a=rtpmap alone.
+_DYNAMIC_PAYLOAD_TYPES = range(96, 128)
+
+
+def _is_dynamic_payload_type(fmt: str) -> bool:
+    return fmt.isdigit() and len(fmt) <= 3 and int(fmt) in _DYNAMIC_PAYLOAD_TYPES
+
+
+def _rtpmap(media: MediaDescription) -> dict[str, str]:
+    """payload type -> "<encoding name>/<clock rate>[/<parameters>]" from the a=rtpmap lines
+    (RFC 8866 section 6.6), lower-cased: encoding names are case-insensitive (RFC 4855 §3)."""
+    codecs: dict[str, str] = {}
+    for value in media.attribute_values("rtpmap"):
+        payload_type, _, encoding = (value or "").partition(" ")
+        if encoding:
+            codecs.setdefault(payload_type, encoding.strip().lower())
+    return codecs
 
 
 def bump_version(description: SessionDescription) -> SessionDescription:
