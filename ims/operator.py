@@ -319,7 +319,8 @@ class Operator:
             logger.info("operator %s: gateway asks the PCP server %s, relaying on %s when it "
                         "cannot map", name, section.pcp_server, relay.relay_address)
         else:
-            self.gateway = RelayGateway.start(relay, lifetime=section.lifetime, name=name)
+            self.gateway = RelayGateway.start(relay, lifetime=section.lifetime, name=name,
+                                              store=self.store)
         if relay.offload is RelayOffload.NFT:
             # Misconfiguration fails the start; a flow the kernel refuses later stays in
             # userspace (ims.gateway.aiorelay).

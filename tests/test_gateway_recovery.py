@@ -26,6 +26,7 @@ from ims.cli import main as cli_main
 from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig
 from ims.gateway.pcp_recovery import new_run, run_gone
 from ims.gateway.relay import RelayConfig
+from ims.gateway.service import RelayGateway
 from ims.pcp.aioserver import RunningPcpServer, start_pcp_server
 from ims.pcp.constants import Opcode
 from ims.pcp.nft import RecordingTable
@@ -192,6 +193,33 @@ def test_unanswered_delete_is_forgotten_after_the_mapping_expires(tmp_path: Path
                 assert time.monotonic() - started < 3  # recovery is bounded by the timeout
                 assert len(store.allocations.mappings()) == 1  # kept until it lapses
                 assert gateway.run.owner == OWNER
+                for _ in range(100):
+                    if not store.allocations.mappings():
+                        break
+                    await asyncio.sleep(0.05)
+                assert store.allocations.mappings() == ()
+    run(main())
+
+
+def test_mode_relay_start_forgets_left_relays_and_lets_left_mappings_lapse(
+        tmp_path: Path) -> None:
+    """A run in mode relay after a crashed mode pcp run: it has no PCP client, so the crashed
+    run's mapping stays recorded until it lapses at the CGN (section 15), then is forgotten;
+    its relay allocations go at once."""
+    async def main() -> None:
+        with SqliteStore(tmp_path / "alpha.sqlite") as store:
+            dead = GatewayRun(OWNER, "crashed", new_run(OWNER).host, _dead_pid())
+            now = time.time()
+            store.allocations.put_mapping(PcpMappingRecord(
+                dead, "c@x", "originating", "127.0.0.1", 5351, 17, "MAP", "127.0.0.1", 40000,
+                str(EXTERNAL), 5000, None, None, NONCE, 120, now + 0.5))
+            store.allocations.put_relays("crashed", "c@x", [RelayRecord(
+                dead, "c@x", "terminating", "127.0.0.1", 30000, 30001, "127.0.0.1:40002", None,
+                now + 100)])
+            async with RelayGateway.open(RelayConfig("127.0.0.1"), lifetime=60, name=OWNER,
+                                         store=store):
+                assert store.allocations.relays() == ()
+                assert len(store.allocations.mappings()) == 1  # not deletable from here
                 for _ in range(100):
                     if not store.allocations.mappings():
                         break

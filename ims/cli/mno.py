@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         help="print what the operator's gateway holds open (PCP mappings, "
                              "relay allocations) as its store records it, one line per call "
                              "leg, and exit; works while the operator runs and after a crash "
-                             "(shows what the next start deletes)")
+                             "(shows what the next start cleans up: PCP mappings are deleted "
+                             "at the CGN, relay rows forgotten)")
     parser.add_argument("--json", action="store_true",
                         help="with --list-open: one JSON object instead of text")
     parser.set_defaults(func=_mno)

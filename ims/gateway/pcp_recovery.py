@@ -1,16 +1,19 @@
-"""Restart recovery of the PCP gateway (ims.gateway.pcp_gateway): what one gateway run records
-in the store, and the clean-up at `start` of what earlier runs left.
+"""Restart recovery of the connectivity gateway (ims.gateway.pcp_gateway, ims.gateway.service):
+what one gateway run records in the store, and the clean-up at `start` of what earlier runs
+left.
 
-With a store (ims.store `allocations`), each mapping is recorded when granted (server,
-protocol, opcode, internal, external, peer, nonce, expiry), again when renewed or its FILTER
-replaced, and forgotten when deleted; the relay allocations of each call are recorded too (for
-`ueconnect mno --list-open`). Every record names the `GatewayRun` holding it. At `start`, the
-mappings that earlier runs of this operator left behind (their process is gone: a crash, a
-kill) are deleted at their PCP server with the nonce that created them and lifetime 0 (RFC 6887
-section 15), each logged; a mapping whose server does not answer is forgotten at its expiry,
-when the CGN drops it anyway (section 15: a mapping lapses at its lifetime). Their relay
-allocations died with their process and are only forgotten. One gateway per operator per
-process: a record of this process under another run is a previous gateway's.
+With a store (ims.store `allocations`), each mapping is recorded when granted (server, protocol,
+opcode, internal, external, peer, nonce, expiry), again when renewed or its FILTER replaced, and
+forgotten when deleted; the relay allocations of each call are recorded too (for `ueconnect mno
+--list-open`); in mode relay (ims.gateway.service) the relay allocations are all it records.
+Every record names the `GatewayRun` holding it. At `start`, the mappings that earlier runs of
+this operator left behind (their process is gone: a crash, a kill) are deleted at their PCP
+server with the nonce that created them and lifetime 0 (RFC 6887 section 15), each logged; a
+mapping whose server does not answer is forgotten at its expiry, when the CGN drops it anyway
+(section 15: a mapping lapses at its lifetime). Their relay allocations died with their process
+and are only forgotten (all a gateway in mode relay does: it has no PCP client to delete a
+mapping with). One gateway per operator per process: a record of this process under another run
+is a previous gateway's.
 
 A failing store is logged, never a failed call.
 """
@@ -25,13 +28,16 @@ import secrets
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ims.gateway.service import OpenLeg, show_address
 from ims.pcp.aioclient import AsyncPcpClient, open_pcp_client
 from ims.pcp.client import MappingRequest
 from ims.pcp.codec import Endpoint as PcpEndpoint
 from ims.pcp.errors import PcpError
-from ims.store import GatewayRun, PcpMappingRecord, RelayRecord, Store, StoreError
+from ims.store import GatewayRun, PcpMappingRecord, Store, StoreError
+
+if TYPE_CHECKING:  # ims.gateway.service records its relay legs through RunRecords
+    from ims.gateway.service import OpenLeg
 
 __all__ = [
     "RecoveryOutcome",
@@ -39,7 +45,6 @@ __all__ = [
     "mapping_record",
     "mapping_request",
     "new_run",
-    "relay_record",
     "run_gone",
 ]
 
@@ -108,22 +113,14 @@ def mapping_record(run: GatewayRun, call_id: str, leg: str, server: str, server_
         peer.port if peer is not None else None, nonce, request.lifetime, expires_at)
 
 
-def relay_record(run: GatewayRun, leg: OpenLeg, expires_at: float) -> RelayRecord:
-    """The record of a relay leg, `expires_at` on the wall clock."""
-    a = leg.allocation
-    return RelayRecord(
-        run, leg.call_id, leg.leg.value, a.caller_side[0], a.caller_side[1], a.callee_side[1],
-        show_address(a.caller_peer), show_address(a.callee_peer) if leg.answered else None,
-        expires_at)
-
-
 class RunRecords:
     """What one gateway run (`run`) of operator `name` records in the store, and the recovery
-    of what earlier runs left. `server`/`port` is the gateway's PCP server, `clock` the wall
-    clock of the records, `loop` the gateway's. Without a store, nothing is recorded."""
+    of what earlier runs left. `server`/`port` is the gateway's PCP server (mode pcp; none in
+    mode relay), `clock` the wall clock of the records, `loop` the gateway's. Without a store,
+    nothing is recorded."""
 
-    def __init__(self, store: Store | None, run: GatewayRun, *, name: str, server: str,
-                 port: int, clock: Callable[[], float],
+    def __init__(self, store: Store | None, run: GatewayRun, *, name: str, server: str = "",
+                 port: int = 0, clock: Callable[[], float],
                  loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.run = run
@@ -158,24 +155,10 @@ class RunRecords:
         their relay allocations. A mapping whose server does not answer within `timeout` is
         forgotten at its expiry. Bounded: the deletes run side by side. `client` is the
         gateway's PCP client."""
-        store = self.store
-        if store is None:
+        read = self._forget_left()
+        if read is None:
             return RecoveryOutcome()
-        owner = self.name
-        try:
-            lapsed = store.allocations.expire(self.clock())
-            left = [m for m in store.allocations.mappings(owner)
-                    if run_gone(m.holder, self.run)]
-            runs = {r.holder.run_id for r in store.allocations.relays(owner)
-                    if run_gone(r.holder, self.run)}
-            relays = sum(store.allocations.forget_run(run_id) for run_id in runs)
-        except StoreError as exc:
-            logger.warning("gateway %s: cannot read what earlier runs left in the store (%s): "
-                           "their mappings lapse at their PCP lifetime", self.name, exc)
-            return RecoveryOutcome()
-        if relays:
-            logger.info("gateway %s: forgot %d relay allocation(s) of earlier runs (a relay "
-                        "ends with its process)", self.name, relays)
+        lapsed, left, relays = read
         clients: dict[tuple[str, int], AsyncPcpClient] = {}
         try:
             for record in left:
@@ -190,6 +173,48 @@ class RunRecords:
                     await other.close()
         deleted = sum(done)
         return RecoveryOutcome(deleted, len(left) - deleted, relays, lapsed)
+
+    def forget_left(self) -> RecoveryOutcome:
+        """`recover` without a PCP client (mode relay): forget the lapsed records and the relay
+        allocations that earlier, finished runs of this operator left. A mapping such a run
+        left (in mode pcp) cannot be deleted from here: it is logged and forgotten at its
+        expiry, when the CGN drops it anyway (RFC 6887 section 15)."""
+        read = self._forget_left()
+        if read is None:
+            return RecoveryOutcome()
+        lapsed, left, relays = read
+        for record in left:
+            logger.warning("gateway %s: PCP %s %s:%s (Call-ID %s, left by run %s) cannot be "
+                           "deleted without a PCP server configured: it lapses in %.0f s",
+                           self.name, record.opcode, record.external_address,
+                           record.external_port, record.call_id, record.holder.run_id,
+                           max(record.expires_at - self.clock(), 0.0))
+            self.forget_at(record)
+        return RecoveryOutcome(0, len(left), relays, lapsed)
+
+    def _forget_left(self) -> tuple[int, list[PcpMappingRecord], int] | None:
+        """Forget lapsed records and the relay allocations of finished runs of this operator:
+        how many lapsed, the mappings finished runs left, how many relay allocations went.
+        None without a store, or when it fails (logged)."""
+        store = self.store
+        if store is None:
+            return None
+        owner = self.name
+        try:
+            lapsed = store.allocations.expire(self.clock())
+            left = [m for m in store.allocations.mappings(owner)
+                    if run_gone(m.holder, self.run)]
+            runs = {r.holder.run_id for r in store.allocations.relays(owner)
+                    if run_gone(r.holder, self.run)}
+            relays = sum(store.allocations.forget_run(run_id) for run_id in runs)
+        except StoreError as exc:
+            logger.warning("gateway %s: cannot read what earlier runs left in the store (%s): "
+                           "their mappings lapse at their PCP lifetime", self.name, exc)
+            return None
+        if relays:
+            logger.info("gateway %s: forgot %d relay allocation(s) of earlier runs (a relay "
+                        "ends with its process)", self.name, relays)
+        return lapsed, left, relays
 
     async def _client_for(self, ours: AsyncPcpClient, server: str,
                           port: int) -> AsyncPcpClient:
@@ -283,7 +308,7 @@ class RunRecords:
             return
         if not legs and call_id not in self._relay_calls:
             return
-        records = tuple(relay_record(self.run, leg, self.wall(leg.allocation.expires_at))
+        records = tuple(leg.relay_record(self.run, self.wall(leg.allocation.expires_at))
                         for leg in legs)
         if records:
             self._relay_calls.add(call_id)

@@ -46,6 +46,12 @@ INVITE (a CANCEL ends as 487), and when the request is refused after `prepare`; 
 ends what is left at expiry. The lifetime is the session's: RFC 4028 Session-Expires of the
 2xx (else of the INVITE), else the configured default; each in-dialog request (`refresh`)
 restarts it, as a session refresh does (RFC 4028 section 10).
+
+The record. With a store, each leg's allocation is recorded there (ims.gateway.pcp_recovery's
+RunRecords, as the PCP gateway records its own) when `prepare` allocates it, again when the
+answer or a refresh changes it, and forgotten at release and expiry: `ueconnect mno
+--list-open` reads it. A relay dies with its process, so `start` forgets what earlier runs of
+the operator left, and `close` what this run recorded.
 """
 
 from __future__ import annotations
@@ -54,12 +60,14 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ims.gateway.aiorelay import RelayService, with_kernel
 from ims.gateway.errors import GatewayError, GatewayUsageError, UnknownAllocation
 from ims.gateway.nft_relay import KernelRelayCounters, NftRelayDataPlane
+from ims.gateway.pcp_recovery import RunRecords, new_run
 from ims.gateway.relay import (
     Address,
     PermittedPeer,
@@ -87,6 +95,7 @@ from ims.sdp import (
 )
 from ims.seams import ConnectRequest, Leg, Refusal
 from ims.sip.message import Request, Response
+from ims.store import GatewayRun, RelayRecord, Store
 
 __all__ = [
     "DISCARD_PORT",
@@ -194,6 +203,14 @@ class OpenLeg:
             f"datagrams{kernel}, {a.counters.dropped_unpermitted} dropped"
         )
 
+    def relay_record(self, run: GatewayRun, expires_at: float) -> RelayRecord:
+        """The leg as the store records it under `run`, `expires_at` on the wall clock."""
+        a = self.allocation
+        return RelayRecord(
+            run, self.call_id, self.leg.value, a.caller_side[0], a.caller_side[1],
+            a.callee_side[1], show_address(a.caller_peer),
+            show_address(a.callee_peer) if self.answered else None, expires_at)
+
 
 def show_address(address: Address) -> str:
     """An endpoint as the logs and listings show it: host:port, [host]:port for IPv6."""
@@ -204,11 +221,12 @@ def show_address(address: Address) -> str:
 class _AnsweringTable(RelayTable):
     """The relay table whose allocations know their callee side only from the answer: until
     `permit_callee`, both ports of an allocation drop everything (and the kernel takes
-    nothing: its callee peer is a placeholder)."""
+    nothing: its callee peer is a placeholder). `on_expired` hears of what `expire` ended."""
 
     def __init__(self, config: RelayConfig) -> None:
         super().__init__(config)
         self.awaiting: set[int] = set()
+        self.on_expired: Callable[[tuple[RelayAllocation, ...]], None] | None = None
 
     def allocate(self, caller_peer: Address | PermittedPeer, callee_peer: Address | PermittedPeer,
                  caller_port: int, callee_port: int, now: float,
@@ -242,6 +260,8 @@ class _AnsweringTable(RelayTable):
         ended = super().expire(now)
         for allocation in ended:
             self.awaiting.discard(allocation.id)
+        if ended and self.on_expired is not None:
+            self.on_expired(ended)
         return ended
 
 
@@ -276,24 +296,33 @@ class RelayGateway:
 
     `lifetime` is the session lifetime without Session-Expires (seconds). With
     `RelayConfig.offload` nft (or a `data_plane`) the kernel forwards each leg once the
-    answer, and the latching, told both its peers (ims.gateway.aiorelay)."""
+    answer, and the latching, told both its peers (ims.gateway.aiorelay).
 
-    def __init__(self, relay: RelayService, *, lifetime: float, name: str = "") -> None:
+    With a `store`, the legs are recorded there under `run` (see "The record" above), `clock`
+    the wall clock of the records; the PCP gateway's fallback records through its own."""
+
+    def __init__(self, relay: RelayService, *, lifetime: float, name: str = "",
+                 store: Store | None = None, clock: Callable[[], float] = time.time) -> None:
         if not isinstance(relay.table, _AnsweringTable):
             raise GatewayError("RelayGateway needs the relay RelayGateway.open makes")
         self.relay = relay
         self.table: _AnsweringTable = relay.table
         self.lifetime = self.table.lifetime_for(lifetime)
         self.name = name
+        self.records = RunRecords(store, new_run(name), name=name, clock=clock, loop=relay.loop)
+        self.run = self.records.run
+        if store is not None:
+            self.table.on_expired = self._expired
         self._calls: dict[str, list[_LegState]] = {}
         self.allocations_made = 0  # since start: what a refused call must not have raised
 
     @classmethod
     @contextlib.asynccontextmanager
     async def open(cls, config: RelayConfig, *, lifetime: float, name: str = "",
-                   data_plane: NftRelayDataPlane | None = None) -> AsyncIterator[RelayGateway]:
-        relay = _Relay(config, data_plane)
-        gateway = cls(relay, lifetime=lifetime, name=name)
+                   data_plane: NftRelayDataPlane | None = None, store: Store | None = None,
+                   clock: Callable[[], float] = time.time) -> AsyncIterator[RelayGateway]:
+        gateway = cls.start(config, lifetime=lifetime, name=name, data_plane=data_plane,
+                            store=store, clock=clock)
         try:
             yield gateway
         finally:
@@ -301,13 +330,22 @@ class RelayGateway:
 
     @classmethod
     def start(cls, config: RelayConfig, *, lifetime: float, name: str = "",
-              data_plane: NftRelayDataPlane | None = None) -> RelayGateway:
-        """The gateway with its relay (call inside a running loop); `close` when done."""
-        return cls(_Relay(config, data_plane), lifetime=lifetime, name=name)
+              data_plane: NftRelayDataPlane | None = None, store: Store | None = None,
+              clock: Callable[[], float] = time.time) -> RelayGateway:
+        """The gateway with its relay (call inside a running loop); `close` when done. With a
+        `store`, it first forgets the relay allocations earlier runs of operator `name` left
+        there (RunRecords.forget_left: their relay ended with their process)."""
+        gateway = cls(_Relay(config, data_plane), lifetime=lifetime, name=name, store=store,
+                      clock=clock)
+        if store is not None:
+            gateway.records.forget_left()
+        return gateway
 
     async def close(self) -> None:
         self._calls.clear()
+        self.records.close()
         await self.relay.close()
+        self.records.forget_relays()
 
     # -- the seam ------------------------------------------------------------------------------
 
@@ -339,6 +377,7 @@ class RelayGateway:
             request.leg, request.caller, request.callee, allocation.id, lifetime, caller_peer,
             default_behind_nat(stream), stream.credentials,
         ))
+        self._record(request.call_id)
         candidate = self._candidate(allocation.callee_side)
         rewritten = add_candidate(offer, candidate, media_index=index, make_default=make_default)
         logger.info("gateway %s: Call-ID %s %s leg: relay %s for the caller's %s, offering %s",
@@ -361,10 +400,12 @@ class RelayGateway:
                            "the relay stays closed", self.name, call_id)
             return response
         lifetime = session_expires(response)
+        answered = False  # a leg learned its callee here (not on a retransmission): record it
         try:
             index = application_stream_index(answer)
             for state in sorted(legs, key=lambda s: s.leg is not Leg.TERMINATING):
                 if state.answer_candidate is None:
+                    answered = True
                     stream = stream_endpoints(answer, index)
                     default = stream.default
                     ours, theirs = state.caller_credentials, stream.credentials
@@ -398,6 +439,9 @@ class RelayGateway:
             logger.warning("gateway %s: the answer of Call-ID %s is unusable for the relay: %s",
                            self.name, call_id, exc)
             return response
+        finally:
+            if answered:
+                self._record(call_id)
         return response.with_body(serialize_sdp(answer), SDP_TYPE)
 
     async def refresh(self, request: Request) -> None:
@@ -410,10 +454,13 @@ class RelayGateway:
             # Expired already: `_forget_expired` drops the record.
             with contextlib.suppress(UnknownAllocation):
                 await self.relay.refresh(state.allocation_id, state.lifetime)
+        if request.call_id in self._calls:
+            self._record(request.call_id)
 
     async def release(self, call_id: str) -> None:
         for state in self._calls.pop(call_id, ()):
             await self._release(call_id, state)
+        self._record(call_id)
 
     async def release_leg(self, call_id: str, leg: Leg) -> bool:
         """Release one leg of the call (the PCP gateway's stand-by once its mapping stands);
@@ -425,6 +472,8 @@ class RelayGateway:
             await self._release(call_id, state)
         if not legs:
             self._calls.pop(call_id, None)
+        if mine:
+            self._record(call_id)
         return bool(mine)
 
     def relays(self, call_id: str, leg: Leg | None = None) -> bool:
@@ -445,20 +494,40 @@ class RelayGateway:
         pass False where only the legs, not their counts, matter)."""
         self._forget_expired()
         forwarded_by = self.relay.kernel_counters() if kernel else {}
+        return tuple(leg for call_id in self._calls for leg in self._legs(call_id, forwarded_by))
+
+    def _legs(self, call_id: str,
+              forwarded_by: dict[int, KernelRelayCounters] | None = None) -> list[OpenLeg]:
+        """The call's legs holding an allocation now, with what the kernel forwarded."""
         out = []
-        for call_id, legs in self._calls.items():
-            for state in legs:
-                with contextlib.suppress(UnknownAllocation):
-                    allocation = self.table.allocation(state.allocation_id)
-                    forwarded = forwarded_by.get(state.allocation_id)
-                    if forwarded is not None:
-                        allocation = dataclasses.replace(
-                            allocation, counters=with_kernel(allocation.counters, forwarded))
-                    out.append(OpenLeg(
-                        call_id, state.leg, state.caller, state.callee,
-                        state.allocation_id not in self.table.awaiting, allocation, forwarded,
-                    ))
-        return tuple(out)
+        for state in self._calls.get(call_id, ()):
+            with contextlib.suppress(UnknownAllocation):
+                allocation = self.table.allocation(state.allocation_id)
+                forwarded = (forwarded_by or {}).get(state.allocation_id)
+                if forwarded is not None:
+                    allocation = dataclasses.replace(
+                        allocation, counters=with_kernel(allocation.counters, forwarded))
+                out.append(OpenLeg(
+                    call_id, state.leg, state.caller, state.callee,
+                    state.allocation_id not in self.table.awaiting, allocation, forwarded,
+                ))
+        return out
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def _record(self, call_id: str) -> None:
+        """The call's allocations, as the relay holds them now, into the store (one write;
+        none at all for a call never recorded and still holding nothing)."""
+        if self.records.store is not None:
+            self.records.put_relays(call_id, self._legs(call_id))
+
+    def _expired(self, ended: tuple[RelayAllocation, ...]) -> None:
+        """The relay expired `ended` (the session was neither refreshed nor ended): their
+        calls' records follow."""
+        ids = {allocation.id for allocation in ended}
+        for call_id in [c for c, legs in self._calls.items()
+                        if any(s.allocation_id in ids for s in legs)]:
+            self._record(call_id)
 
     # -- inside --------------------------------------------------------------------------------
 
