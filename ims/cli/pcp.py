@@ -20,6 +20,13 @@ from ims.pcp.server import PcpServerConfig, parse_addresses
 _PROTOCOLS = {"udp": PROTOCOL_UDP, "tcp": PROTOCOL_TCP}
 
 
+def _port(text: str) -> int:
+    """A UDP port for --port: argparse names the option and the value when this fails."""
+    if not text.isdigit() or not 1 <= int(text) <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number 1-65535")
+    return int(text)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("pcp", help="PCP (RFC 6887): the CGN's server, one-shot requests")
 
@@ -34,7 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "serve", help="serve PCP on UDP 5351 and write the mappings as nftables rules")
     serve.add_argument("--listen", required=True, metavar="ADDR",
                        help="address to listen on (the CGN's inside address)")
-    serve.add_argument("--port", type=int, default=SERVER_PORT,
+    serve.add_argument("--port", type=_port, default=SERVER_PORT,
                        help=f"UDP port (default {SERVER_PORT})")
     serve.add_argument("--external", required=True, metavar="ADDR",
                        help="the CGN's external address mappings are made on")
@@ -57,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     request = commands.add_parser("request", help="ask a PCP server for one MAP or PEER mapping")
     request.add_argument("--server", required=True, metavar="ADDR", help="PCP server address")
-    request.add_argument("--port", type=int, default=SERVER_PORT,
+    request.add_argument("--port", type=_port, default=SERVER_PORT,
                          help=f"PCP server port (default {SERVER_PORT})")
     request.add_argument("--source", metavar="ADDR", help="local address to send from")
     request.add_argument("--protocol", choices=sorted(_PROTOCOLS), default="udp")

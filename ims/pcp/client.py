@@ -380,7 +380,7 @@ class PcpClient:
     def _match(self, response: Response) -> _State | None:
         data = response.data
         if data is None:
-            # An error response without opcode data (section 8.3 allows a server that could not
+            # An error response without opcode data (section 8.2 allows a server that could not
             # parse it): attributable only when one request of that opcode is outstanding.
             waiting = [s for s in self._mappings.values()
                        if s.request.opcode == response.opcode and s.phase is not Phase.ESTABLISHED]

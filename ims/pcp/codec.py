@@ -310,18 +310,24 @@ def encode_response(response: Response) -> bytes:
 
 
 def encode_error_response(request: bytes, result_code: ResultCode, lifetime: int,
-                          epoch_time: int) -> bytes:
-    """Section 8.3 / 7.2: an error response copies the request's opcode data and options.
+                          epoch_time: int, *, parsed: bool = True) -> bytes:
+    """Section 8.2 / 7.2: an error response copies the request's opcode data and options.
 
     Works on raw bytes so a request the codec could not parse still gets its answer; the copy
-    is truncated to 1100 octets and padded to a multiple of 4.
+    is truncated to 1100 octets and padded to a multiple of 4. For a request that was not
+    successfully parsed (`parsed` False), section 7.2 fills the response's 96 Reserved bits
+    with the last 96 bits of the request's PCP Client's IP Address field, so the client can
+    still tell which of its requests the error answers.
     """
     opcode = request[1] & 0x7F if len(request) > 1 else 0
     body = request[HEADER_LENGTH:MAX_MESSAGE]
     body += b"\x00" * (-len(body) % 4)
-    header = struct.pack("!BBxBII12x", VERSION, RESPONSE_BIT | opcode, int(result_code),
+    reserved = b"\x00" * 12
+    if not parsed:
+        reserved = request[12:HEADER_LENGTH].ljust(12, b"\x00")
+    header = struct.pack("!BBxBII", VERSION, RESPONSE_BIT | opcode, int(result_code),
                          _u(lifetime, 32, "lifetime"), _u(epoch_time, 32, "epoch time"))
-    return header + body
+    return header + reserved + body
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -396,18 +402,20 @@ def _check_length(data: bytes, error: type[MalformedRequest] | type[MalformedRes
 
 
 def parse_request(data: bytes) -> Request:
-    """Section 8.3, in its order: drop, version, opcode, length, opcode data, options."""
+    """Section 8.2, in its order: drop, version, length, opcode, opcode data, options."""
     if len(data) < 2:
         raise PacketDropped("shorter than 2 octets")
     if data[1] & RESPONSE_BIT:
         raise PacketDropped("R bit set: a response, not a request")
     if data[0] != VERSION:
         raise UnsupportedVersion(data[0])
+    # The length rule comes before the opcode: a 3-octet request is malformed whatever its
+    # opcode says.
+    _check_length(data, MalformedRequest)
     try:
         opcode = Opcode(data[1])
     except ValueError:
         raise UnsupportedOpcode(f"opcode {data[1]} is not supported") from None
-    _check_length(data, MalformedRequest)
     lifetime = struct.unpack_from("!I", data, 4)[0]
     client_address = decode_address(data[8:24])
     need = _OPCODE_DATA_LENGTH[opcode]
@@ -420,7 +428,7 @@ def parse_request(data: bytes) -> Request:
 
 
 def parse_response(data: bytes) -> Response:
-    """Section 7.2; an error response may carry less opcode data than a success (section 8.3)."""
+    """Section 7.2; an error response may carry less opcode data than a success (section 8.2)."""
     if len(data) < 2:
         raise MalformedResponse("shorter than 2 octets")
     if not data[1] & RESPONSE_BIT:

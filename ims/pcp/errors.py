@@ -21,7 +21,7 @@ class PcpError(Exception):
 class PcpProtocolError(PcpError):
     """Bytes that are not a valid PCP message.
 
-    `result_code` is what a server answers with (RFC 6887 section 8.3); None means the RFC
+    `result_code` is what a server answers with (RFC 6887 section 8.2); None means the RFC
     says to drop the packet silently (it is too short to answer, or is itself a response).
     """
 
@@ -33,7 +33,7 @@ class PcpProtocolError(PcpError):
 
 
 class PacketDropped(PcpProtocolError):
-    """RFC 6887 section 8.3: shorter than 2 octets, or the R bit says it is not a request."""
+    """RFC 6887 section 8.2: shorter than 2 octets, or the R bit says it is not a request."""
 
     result_code = None
 
@@ -49,13 +49,13 @@ class UnsupportedVersion(PcpProtocolError):
 
 
 class UnsupportedOpcode(PcpProtocolError):
-    """RFC 6887 section 8.3: an opcode this codec does not know."""
+    """RFC 6887 section 8.2: an opcode this codec does not know."""
 
     result_code = ResultCode.UNSUPP_OPCODE
 
 
 class MalformedRequest(PcpProtocolError):
-    """RFC 6887 section 8.3: wrong length, alignment or opcode-specific data."""
+    """RFC 6887 section 8.2: wrong length, alignment or opcode-specific data."""
 
     result_code = ResultCode.MALFORMED_REQUEST
 

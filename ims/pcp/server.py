@@ -1,5 +1,5 @@
 """The CGN side of PCP, sans-IO: a request datagram in, a response datagram and mapping table
-changes out (RFC 6887 sections 8.3, 11.3, 12.3, 13, 15).
+changes out (RFC 6887 sections 8.2, 11.3, 12.3, 13, 15).
 
 No socket and no clock: `now` comes in with every call, `get_timer()` says when the next
 mapping expires, and the table changes go to whatever data plane the caller drives
@@ -11,6 +11,8 @@ mapping expires, and the table changes go to whatever data plane the caller driv
   (RFC 6888 REQ-4, a CGN limits what one subscriber can take).
 - Lifetimes are clamped to [min_lifetime, max_lifetime] (section 15).
 - "All protocols" and "all ports" mappings are refused: this CGN maps one UDP or TCP port.
+  Deleting them is served (section 11.3): lifetime 0 with internal port 0 removes the
+  client's MAP mappings of that protocol, or of every protocol when it is 0.
 """
 
 from __future__ import annotations
@@ -215,17 +217,17 @@ class PcpServer:
         return self._error(data, code, now, note)
 
     def handle_datagram(self, data: bytes, source: Endpoint, now: float) -> ServerReply:
-        """Section 8.3: validate, then run the opcode; every refusal is an error response."""
+        """Section 8.2: validate, then run the opcode; every refusal is an error response."""
         try:
             request = parse_request(data)
         except UnsupportedVersion as exc:
             if exc.version == NAT_PMP_VERSION:
                 return self._nat_pmp_unsupported(data, now)
-            return self._error(data, ResultCode.UNSUPP_VERSION, now, exc.reason)
+            return self._error(data, ResultCode.UNSUPP_VERSION, now, exc.reason, parsed=False)
         except PcpProtocolError as exc:
             if exc.result_code is None:
                 return ServerReply(None, note=f"dropped: {exc.reason}")
-            return self._error(data, exc.result_code, now, exc.reason)
+            return self._error(data, exc.result_code, now, exc.reason, parsed=False)
         try:
             return self._handle(request, data, normalise_address(source.address), now)
         except _Refuse as refusal:
@@ -236,18 +238,26 @@ class PcpServer:
     def _handle(self, request: Request, raw: bytes, source: IPAddress,
                 now: float) -> ServerReply:
         epoch = self.epoch_time(now)
+        # Section 8.2: the client's own view of its address must match what we see, else a
+        # NAT sits between client and server and any mapping would be for the wrong host.
+        # Like the option rule below it holds for every opcode, ANNOUNCE included.
+        if normalise_address(request.client_address) != source:
+            raise _Refuse(ResultCode.ADDRESS_MISMATCH,
+                          f"client address field {request.client_address} but source {source}")
+        for option in request.options:
+            # Section 7.3: a mandatory option we do not understand fails the request.
+            if isinstance(option, UnknownOption) and option.mandatory:
+                raise _Refuse(ResultCode.UNSUPP_OPTION, f"unknown mandatory option {option.code}")
         if request.data is None:
             # Section 14.1: ANNOUNCE is answered with SUCCESS, lifetime 0 and our epoch.
             response = Response(Opcode.ANNOUNCE, ResultCode.SUCCESS, 0, epoch)
             return ServerReply(encode_response(response), result_code=ResultCode.SUCCESS,
                                note="ANNOUNCE")
-        # Section 8.3: the client's own view of its address must match what we see, else a
-        # NAT sits between client and server and any mapping would be for the wrong host.
-        if normalise_address(request.client_address) != source:
-            raise _Refuse(ResultCode.ADDRESS_MISMATCH,
-                          f"client address field {request.client_address} but source {source}")
         internal_address = self._internal_address(request, source)
         data = request.data
+        if (request.lifetime == 0 and isinstance(data, MapData) and data.internal_port == 0
+                and (data.protocol == 0 or data.protocol in self.config.protocols)):
+            return self._delete_set(request, data, internal_address, epoch)
         self._check_data(data, request)
         internal = Endpoint(internal_address, data.internal_port)
         remote = (Endpoint(normalise_address(data.remote_peer_address), data.remote_peer_port)
@@ -287,10 +297,6 @@ class PcpServer:
         return self._success(request, mapping, epoch, MappingChanges(added=(mapping,)), "created")
 
     def _internal_address(self, request: Request, source: IPAddress) -> IPAddress:
-        for option in request.options:
-            # Section 7.3: a mandatory option we do not understand fails the request.
-            if isinstance(option, UnknownOption) and option.mandatory:
-                raise _Refuse(ResultCode.UNSUPP_OPTION, f"unknown mandatory option {option.code}")
         third_party = request.third_party()
         internal = source
         if third_party is not None:
@@ -315,6 +321,10 @@ class PcpServer:
         return internal
 
     def _check_data(self, data: MapData | PeerData, request: Request) -> None:
+        if isinstance(data, MapData) and data.protocol == 0 and data.internal_port != 0:
+            # Section 11.3: "all protocols" with a port names nothing that exists.
+            raise _Refuse(ResultCode.MALFORMED_REQUEST,
+                          f"protocol 0 (all protocols) with internal port {data.internal_port}")
         if data.protocol not in self.config.protocols:
             raise _Refuse(ResultCode.UNSUPP_PROTOCOL, f"protocol {data.protocol} is not mapped")
         if data.internal_port == 0:
@@ -384,6 +394,24 @@ class PcpServer:
         return self._success(request, gone, epoch, MappingChanges(removed=(existing,)),
                              "deleted")
 
+    def _delete_set(self, request: Request, data: MapData, internal_address: IPAddress,
+                    epoch: int) -> ServerReply:
+        """Section 11.3: lifetime 0 with internal port 0 deletes every MAP mapping of this
+        internal address for the protocol (protocol 0: for every protocol). Only the
+        mappings created under the request's nonce are the client's to delete (11.3 / 15);
+        the others stay."""
+        gone = tuple(m for m in self._mappings.values()
+                     if m.opcode is Opcode.MAP and m.internal.address == internal_address
+                     and data.protocol in (0, m.protocol) and m.nonce == data.nonce)
+        for mapping in gone:
+            self._uninstall(mapping)
+        response = Response(Opcode.MAP, ResultCode.SUCCESS, 0, epoch, data,
+                            self._echo_options(request))
+        return ServerReply(encode_response(response), MappingChanges(removed=gone),
+                           ResultCode.SUCCESS,
+                           f"deleted {len(gone)} MAP mapping(s) of {internal_address} "
+                           f"for protocol {data.protocol or 'all'}")
+
     def _success(self, request: Request, mapping: Mapping, epoch: int, changes: MappingChanges,
                  note: str) -> ServerReply:
         data = request.data
@@ -408,10 +436,12 @@ class PcpServer:
         return tuple(o for o in request.options
                      if isinstance(o, ThirdParty | PreferFailure | Filter))
 
-    def _error(self, data: bytes, code: ResultCode, now: float, note: str) -> ServerReply:
+    def _error(self, data: bytes, code: ResultCode, now: float, note: str, *,
+               parsed: bool = True) -> ServerReply:
         lifetime = (self.config.short_error_lifetime if code in SHORT_LIFETIME_ERRORS
                     else self.config.long_error_lifetime)
-        return ServerReply(encode_error_response(data, code, lifetime, self.epoch_time(now)),
+        return ServerReply(encode_error_response(data, code, lifetime, self.epoch_time(now),
+                                                 parsed=parsed),
                            result_code=code, note=f"{code.name}: {note}")
 
     def _nat_pmp_unsupported(self, data: bytes, now: float) -> ServerReply:
