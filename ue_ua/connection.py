@@ -55,7 +55,8 @@ class Connection:
 
     `peer` is the peer's identity as the signalling names it, `role` "caller" or "callee",
     `path` the selected path (None once closed), `setup_ms` the time from the INVITE (callee:
-    from receiving it) until the checks selected a pair, `timings` its split (SetupTimings)."""
+    from receiving it) until the checks selected a pair, `timings` its split (SetupTimings),
+    `dropped_unvalidated` the datagrams dropped because they did not come from the peer."""
 
     def __init__(
         self,
@@ -86,6 +87,12 @@ class Connection:
     @property
     def closed(self) -> bool:
         return self._closing
+
+    @property
+    def dropped_unvalidated(self) -> int:
+        """Datagrams dropped so far because their source is not the remote address of a pair
+        of this session: someone else who learnt the UE's address and port."""
+        return self.ice.dropped_unvalidated
 
     @property
     def call_id(self) -> str:
@@ -142,8 +149,8 @@ class Connection:
         await self._end(PEER_ENDED, send_bye=False)
 
     def _path_gone(self, event: PathChanged) -> None:
-        # Consent lost (RFC 7675 section 5.1): tell the game, then end the session so the
-        # operators release it.
+        # Another pair selected: tell the game. Consent lost (RFC 7675 section 5.1): tell the
+        # game, then end the session so the operators release it.
         self.path = event.path
         self.path_changes.put_nowait(event)
         if event.path is None and not self._closing:

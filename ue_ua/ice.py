@@ -22,11 +22,25 @@ What it adds to aioice, and why:
   (a CGN FILTER not yet installed, a relay not yet latched).
 - A bounded setup: `connect(timeout)` raises `ConnectivityFailed` naming how many pairs were
   tried.
-- Consent freshness (RFC 7675): aioice sends a consent check on the selected pair every
-  interval (randomised 0.8-1.2, section 5.1) and gives up after the consent timeout (30 s,
-  section 5.1); we surface that as `PathChanged(kind=None)` and the agent is closed.
+- What the socket accepts: a datagram is STUN only when its first byte is 0-3 (RFC 7983 section
+  7) and it carries the magic cookie (RFC 8489 section 6); aioice alone also takes a datagram
+  starting with any other byte for STUN when the rest happens to parse, swallowing it. Every
+  other datagram is the application's, delivered only when its source is the remote address
+  of a pair of this session on that socket that is valid (our check succeeded, RFC 8445
+  section 7.2.5.3.2) or that the peer nominated with an authenticated check (section
+  7.3.1.5); the rest (a stranger who learnt the UE's mapping) is dropped, logged and counted
+  (`dropped_unvalidated`). aioice alone delivers datagrams from any source.
+- Consent freshness (RFC 7675 section 5.1): a consent check on the selected pair every interval
+  (randomised 0.8-1.2), each sent once and answered for as long as consent lasts (a response
+  may come for an earlier check), and consent lost `consent_timeout` (30 s) after the last
+  answered check was sent. aioice alone counts six failures of checks that accept a response
+  within 500 ms only: consent then ends 27-39 s after the last answer, and ends although the
+  peer answers every check when the round trip exceeds 500 ms. Loss is surfaced as
+  `PathChanged(kind=None)` and the agent is closed.
 - The path: kind "relay" when the selected pair's remote candidate is `typ relay`, else
-  "direct".
+  "direct". aioice changes the selected pair without telling when a later check nominates
+  another pair (aggressive nomination, or a peer that moved); the agent then reports the new
+  path as a `PathChanged`.
 """
 
 from __future__ import annotations
@@ -34,12 +48,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import math
 import random
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import aioice
 from aioice import stun
@@ -70,6 +83,10 @@ TRANSPORT_POLICIES: tuple[str, ...] = get_args(TransportPolicy)
 CONSENT_INTERVAL = 5.0  # RFC 7675 section 5.1: a consent check every 5 s on average
 CONSENT_TIMEOUT = 30.0  # RFC 7675 section 5.1: consent expires after 30 s without a response
 COMPONENT = 1  # one component: the application's datagrams (no RTCP here)
+_STUN_FIRST_BYTE_MAX = 3  # RFC 7983 section 7: a first byte 0-3 is STUN
+_STUN_HEADER_LENGTH = 20  # RFC 8489 section 5
+_MAGIC_COOKIE = stun.COOKIE.to_bytes(4, "big")  # RFC 8489 section 5, bytes 4-7
+_LOGGED_SOURCES = 16  # strangers whose first dropped datagram is logged at INFO, per agent
 _Address = tuple[str, int]
 
 
@@ -143,9 +160,70 @@ def usable_remote_candidates(
     return tuple(kept)
 
 
+def _is_stun(data: bytes) -> bool:
+    """A datagram for the STUN layer: first byte 0-3 (RFC 7983 section 7) and the magic cookie
+    (RFC 8489 section 6). aioice itself ignores both, so without this a game datagram starting
+    e.g. 0x40 0x01 0x00 0x00 plus 16 bytes parses as a Binding request and is swallowed."""
+    return (len(data) >= _STUN_HEADER_LENGTH and data[0] <= _STUN_FIRST_BYTE_MAX
+            and data[4:8] == _MAGIC_COOKIE)  # fmt: skip
+
+
+class _Demultiplexer(asyncio.DatagramProtocol):
+    """Sits in front of one of aioice's `StunProtocol`s as its transport's protocol: STUN goes
+    to aioice unchanged, an application datagram to the connection's admission rule."""
+
+    def __init__(self, stun_protocol: StunProtocol, connection: _PinnedConnection) -> None:
+        self.stun_protocol = stun_protocol
+        self.connection = connection
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        source = (addr[0], addr[1])  # an IPv6 four-tuple as a two-tuple, as aioice does
+        if _is_stun(data):
+            try:
+                stun.parse_message(data)
+            except Exception:  # aioice raises struct.error too on some malformed attributes
+                pass  # not STUN after all: application data, as aioice would take it
+            else:
+                self.stun_protocol.datagram_received(data, source)
+                return
+        self.connection.application_datagram(data, source, self.stun_protocol)
+
+    def error_received(self, exc: Exception) -> None:
+        self.stun_protocol.error_received(exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stun_protocol.connection_lost(exc)
+
+
+class _ConsentCheck(stun.Transaction):
+    """One consent check (RFC 7675 section 5.1): sent once, never retransmitted, and a valid
+    response to it counts whenever it comes while consent lasts ("a response might be for a
+    previous request"). Registered as the STUN transaction of its ID; never `run()`."""
+
+    def __init__(self, request: stun.Message, pair: CandidatePair, key: bytes, sent_at: float,
+                 on_answer: Callable[[_ConsentCheck], None]) -> None:
+        super().__init__(request, pair.remote_addr, pair.protocol, retransmissions=0,
+                         integrity_key=key)
+        self.transaction_id = request.transaction_id
+        self.pair = pair
+        self.key = key
+        self.sent_at = sent_at
+        self.on_answer = on_answer
+
+    def response_received(self, message: stun.Message, addr: tuple[str, int]) -> None:
+        # Valid: a success response, authenticated with the peer's password, from the remote
+        # transport address the check went to (RFC 7675 section 5.1).
+        if (message.message_class == stun.Class.RESPONSE
+                and _canonical_address(addr) == _canonical_address(self.pair.remote_addr)
+                and message.check_message_integrity(self.key)):  # fmt: skip
+            self.on_answer(self)
+
+
 class _PinnedConnection(aioice.Connection):
     """aioice's Connection gathering on given addresses only, with a configurable consent
-    schedule, and (policy "relay") answering checks only from admitted remote addresses."""
+    schedule, delivering application datagrams only from the session's pairs, reporting a
+    change of the selected pair, and (policy "relay") answering checks only from admitted
+    remote addresses."""
 
     def __init__(
         self,
@@ -155,15 +233,21 @@ class _PinnedConnection(aioice.Connection):
         consent_timeout: float,
         gather_timeout: int,
         on_consent_lost: Callable[[], None],
+        on_selected_change: Callable[[CandidatePair], None],
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.addresses = list(addresses)
         self.consent_interval = consent_interval
-        self.consent_failures = max(1, math.ceil(consent_timeout / consent_interval))
+        self.consent_timeout = consent_timeout
         self.gather_timeout = gather_timeout
         self.on_consent_lost = on_consent_lost
+        self.on_selected_change = on_selected_change
         self.admitted: set[_Address] | None = None  # None: every source (policy "all")
+        self.dropped_unvalidated = 0  # application datagrams from outside the session's pairs
+        self._logged_sources: set[_Address] = set()
+        self._consent_since = 0.0  # when the last answered consent check was sent
+        self._consent_checks: list[_ConsentCheck] = []  # sent within the consent timeout
         self._last_request: dict[CandidatePair, stun.Message] = {}  # per pair, for re-sending
         self._close_task: asyncio.Future[None] | None = None
 
@@ -180,7 +264,50 @@ class _PinnedConnection(aioice.Connection):
         self._local_candidates += await self.get_component_candidates(
             component=COMPONENT, addresses=self.addresses, timeout=self.gather_timeout
         )
+        for protocol in self._protocols:
+            protocol.transport.set_protocol(_Demultiplexer(protocol, self))
         self._local_candidates_end = True
+
+    def application_datagram(
+        self, data: bytes, addr: _Address, protocol: StunProtocol
+    ) -> None:
+        """RFC 8445 section 12.1 lets the peer send on valid pairs only, and RFC 7675 makes
+        consent per pair: what comes from anywhere else is not the peer's and is dropped."""
+        if self._from_session_pair(addr, protocol):
+            self.data_received(data, protocol.local_candidate.component)
+            return
+        self.dropped_unvalidated += 1
+        source = _canonical_address(addr)
+        if source in self._logged_sources or len(self._logged_sources) >= _LOGGED_SOURCES:
+            logger.debug("%s: dropped a datagram from %s:%d (no pair of this session)",
+                         self, *source)
+        else:
+            self._logged_sources.add(source)
+            logger.info("%s: dropped a datagram from %s:%d: not the remote address of a pair "
+                        "of this session (RFC 8445 section 12.1)", self, *source)
+
+    def _from_session_pair(self, addr: _Address, protocol: StunProtocol) -> bool:
+        selected = self._nominated.get(COMPONENT)
+        if selected is not None and selected.protocol is protocol \
+                and selected.remote_addr == addr:  # fmt: skip
+            return True  # the common case, without the canonical forms
+        source = _canonical_address(addr)
+        return any(
+            pair.protocol is protocol
+            and (pair.state == CandidatePair.State.SUCCEEDED or pair.remote_nominated)
+            and _canonical_address(pair.remote_addr) == source
+            for pair in self._check_list
+        )
+
+    def check_complete(self, pair: CandidatePair) -> None:
+        before = self._nominated.get(COMPONENT)
+        super().check_complete(pair)
+        after = self._nominated.get(COMPONENT)
+        if before is not None and after is not None and after is not before:
+            # A later check nominated another pair and aioice selected it: the new pair was
+            # validated just now, which is its consent (RFC 7675 section 5.1).
+            self._consent_since = asyncio.get_running_loop().time()
+            self.on_selected_change(after)
 
     def request_received(
         self, message: stun.Message, addr: tuple[str, int], protocol: StunProtocol
@@ -199,7 +326,7 @@ class _PinnedConnection(aioice.Connection):
             self._trigger_in_progress(addr, protocol)
 
     def _admits(self, addr: tuple[str, int]) -> bool:
-        return self.admitted is None or (_canonical(addr[0]), addr[1]) in self.admitted
+        return self.admitted is None or _canonical_address(addr) in self.admitted
 
     def build_request(self, pair: CandidatePair, nominate: bool) -> stun.Message:
         request = super().build_request(pair, nominate)
@@ -226,28 +353,51 @@ class _PinnedConnection(aioice.Connection):
             return
 
     async def query_consent(self) -> None:
-        """RFC 7675 section 5.1: a check on each selected pair every interval (randomised
-        0.8-1.2), consent lost after `consent_failures` in a row unanswered."""
+        """RFC 7675 section 5.1: a consent check on the selected pair every interval
+        (randomised 0.8-1.2, section 5.1), consent lost `consent_timeout` after the last
+        answered check was sent (ICE's own check grants the first consent)."""
         assert self.remote_password is not None
-        failures = 0
+        key = self.remote_password.encode("utf8")
+        loop = asyncio.get_running_loop()
+        self._consent_since = now = loop.time()
+        next_check = now + self._consent_delay()
         while True:
-            await asyncio.sleep(self.consent_interval * (0.8 + 0.4 * random.random()))
-            for pair in self._nominated.values():
-                request = self.build_request(pair, nominate=False)
-                try:
-                    await pair.protocol.request(
-                        request, pair.remote_addr,
-                        integrity_key=self.remote_password.encode("utf8"), retransmissions=0,
-                    )  # fmt: skip
-                    failures = 0
-                except stun.TransactionError:
-                    failures += 1
-                if failures >= self.consent_failures:
-                    logger.info("%s: consent to send expired (RFC 7675)", self)
-                    self._query_consent_task = None  # close() must not cancel this task
-                    self.on_consent_lost()
-                    await self.close()
-                    return
+            now = loop.time()
+            expiry = self._consent_since + self.consent_timeout
+            if now >= expiry:
+                logger.info("%s: consent to send expired (RFC 7675 section 5.1)", self)
+                self._query_consent_task = None  # close() must not cancel this task
+                self.on_consent_lost()
+                await self.close()
+                return
+            if now >= next_check:
+                self._send_consent_check(key, now)
+                next_check = now + self._consent_delay()
+            await asyncio.sleep(min(next_check, expiry) - now)
+
+    def _consent_delay(self) -> float:
+        return self.consent_interval * (0.8 + 0.4 * random.random())
+
+    def _send_consent_check(self, key: bytes, now: float) -> None:
+        # Checks older than the consent timeout no longer count: forget their transactions.
+        for check in self._consent_checks:
+            if check.sent_at < now - self.consent_timeout:
+                check.pair.protocol.transactions.pop(check.transaction_id, None)
+        self._consent_checks = [c for c in self._consent_checks
+                                if c.sent_at >= now - self.consent_timeout]
+        pair = self._nominated.get(COMPONENT)
+        if pair is None:
+            return
+        request = self.build_request(pair, nominate=False)  # a new transaction ID each time
+        request.add_message_integrity(key)
+        check = _ConsentCheck(request, pair, key, now, self._consent_answered)
+        pair.protocol.transactions[request.transaction_id] = check
+        self._consent_checks.append(check)
+        pair.protocol.send_stun(request, pair.remote_addr)
+
+    def _consent_answered(self, check: _ConsentCheck) -> None:
+        if check.pair is self._nominated.get(COMPONENT):
+            self._consent_since = max(self._consent_since, check.sent_at)
 
     def pairs(self) -> tuple[int, int]:
         """(pairs whose check started, pairs in the check list)."""
@@ -266,6 +416,10 @@ def _canonical(host: str) -> str:
         return host
 
 
+def _canonical_address(addr: tuple[str, int]) -> _Address:
+    return _canonical(addr[0]), addr[1]
+
+
 class IceAgent:
     """One ICE session of one UE: gather, learn the peer's candidates, check, then carry
     datagrams on the selected pair.
@@ -277,7 +431,9 @@ class IceAgent:
         await agent.send(b"..."); data = await agent.recv()
         await agent.close()
 
-    `on_path_change` is called with a PathChanged when the path goes away (consent lost)."""
+    `on_path_change` is called with a PathChanged when the path changes (another pair selected)
+    or goes away (consent lost). `dropped_unvalidated` counts the datagrams dropped because
+    their source is not the remote address of a pair of this session."""
 
     def __init__(
         self,
@@ -319,11 +475,18 @@ class IceAgent:
             consent_timeout=consent_timeout,
             gather_timeout=gather_timeout,
             on_consent_lost=self._consent_lost,
+            on_selected_change=self._selected_changed,
         )
 
     @property
     def closed(self) -> bool:
         return self._closed_why is not None
+
+    @property
+    def dropped_unvalidated(self) -> int:
+        """Datagrams dropped because their source is not the remote address of a pair of this
+        session (a stranger who learnt the UE's address and port, RFC 8445 section 12.1)."""
+        return self._connection.dropped_unvalidated
 
     async def gather(self) -> tuple[Candidate, ...]:
         """Bind on `bind_host` (a free port) and, with a STUN server, learn the server
@@ -377,9 +540,7 @@ class IceAgent:
             tried, total = self._connection.pairs()
             await self.close("connectivity checks failed")
             raise ConnectivityFailed(tried, total, timeout, detail or "no pair selected")
-        remote = pair.remote_candidate
-        kind: PathKind = "relay" if remote.type == CandidateType.RELAY else "direct"
-        self.path = Path(kind, pair.local_addr, pair.remote_addr)
+        self.path = _path_of(pair)
         return self.path
 
     async def send(self, data: bytes) -> None:
@@ -406,13 +567,33 @@ class IceAgent:
             self._closed_why = why
         await self._connection.close()
 
+    def _selected_changed(self, pair: CandidatePair) -> None:
+        # Before connect() returns it reads the selected pair itself; after close, no path.
+        if self.path is None or self._closed_why is not None:
+            return
+        path = _path_of(pair)
+        if path == self.path:
+            return
+        self.path = path
+        self._notify(PathChanged(path.kind, path, f"the selected pair is now {path.local[0]}:"
+                                 f"{path.local[1]} -> {path.remote[0]}:{path.remote[1]}, "
+                                 "nominated by a later check (RFC 8445 section 8.1.1)"))
+
     def _consent_lost(self) -> None:
         if self._closed_why is not None:
             return
         self._closed_why = "consent lost: the peer stopped answering checks (RFC 7675)"
         self.path = None
+        self._notify(PathChanged(None, None, self._closed_why))
+
+    def _notify(self, event: PathChanged) -> None:
         if self.on_path_change is not None:
             try:
-                self.on_path_change(PathChanged(None, None, self._closed_why))
+                self.on_path_change(event)
             except Exception:
                 logger.exception("the path change handler failed")
+
+
+def _path_of(pair: CandidatePair) -> Path:
+    kind: PathKind = "relay" if pair.remote_candidate.type == CandidateType.RELAY else "direct"
+    return Path(kind, pair.local_addr, pair.remote_addr)
