@@ -241,3 +241,168 @@ def test_testbed_examples_are_the_testbed_world() -> None:
         (peer,) = config.border.peers if config.border else ()
         other = next(o for o in worlds.WORLDS["testbed"].operators if o is not op)
         assert {str(p) for p in peer.admit_from} == {f"{a}/32" for a in core_addresses(other)}
+
+
+# -- What the docs state as facts: code blocks, byte counts, defaults, paths ---------------------
+
+_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    return [m.group(2) for m in _BLOCK.finditer(path.read_text(encoding="utf-8"))
+            if m.group(1) == language]
+
+
+def _section(path: Path, heading: str) -> str:
+    """The text of the Markdown section whose heading line starts with `heading`, up to the
+    next heading of any level."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(f"\n{heading}") + 1
+    end = re.compile(r"^#", re.M).search(text, text.index("\n", start) + 1)
+    return text[start:end.start() if end else len(text)]
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in DOCS if _blocks(p, "python")], ids=lambda p: p.name)
+def test_python_examples_compile_and_import_what_exists(path: Path) -> None:
+    # A guide's example must at least be Python (top-level await allowed, as in a notebook or
+    # `python -m asyncio`) and import only names the project has.
+    import ast
+    import importlib
+
+    for code in _blocks(path, "python"):
+        compile(code, str(path), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                module = importlib.import_module(node.module)
+                missing = [a.name for a in node.names if not hasattr(module, a.name)]
+                assert not missing, f"{path.name}: from {node.module} import {missing}"
+
+
+def test_ue_guide_toml_example_loads() -> None:
+    # docs/ue-guide.md section 9: the UE file shown is one `ueconnect ue --check` accepts.
+    from ue_ua.config import parse_ue_config
+
+    guide = ROOT / "docs" / "ue-guide.md"
+    (text,) = _blocks(guide, "toml")
+    config, rules = parse_ue_config(text, guide)
+    assert config.transport_policy == "relay" and config.stun_server == ("192.0.2.53", 3478)
+    assert rules is not None and [r.id for r in rules.rules] == ["friends"]
+
+
+def test_lobby_datagram_sizes_are_the_codecs() -> None:
+    # docs/lobby.md section 5 gives the byte layout another implementation builds from: the
+    # sizes it states are those ue_ua.game sends (the state body was once said to be 16 bytes;
+    # a u32, six i16 and two u8 are 18).
+    from ue_ua.game import (
+        InputDatagram,
+        StateDatagram,
+        encode_input,
+        encode_state,
+        initial_state,
+    )
+
+    text = _section(ROOT / "docs" / "lobby.md", "## 5.")
+
+    def stated(pattern: str) -> int:
+        found = re.search(pattern, text)
+        assert found is not None, pattern
+        return int(found[1])
+
+    header = stated(r"Header, (\d+) bytes")
+    sent_input = encode_input(InputDatagram(seq=1, tick=2, player=1, move=-1))
+    assert len(sent_input) == header + stated(r"Input body \(kind 1, (\d+) bytes\)")
+    sent_state = encode_state(StateDatagram(seq=1, state=initial_state()))
+    assert len(sent_state) == header + stated(r"State body \(kind 2, (\d+) bytes\)")
+
+
+def test_inquiry_example_is_a_message_with_its_content_length() -> None:
+    # docs/extension.md section 5.2: the example MESSAGE parses, its Content-Length counts the
+    # body as sent (one line of compact JSON, wrapped in the doc), and the body is an inquiry.
+    from ims.permission.bodies import INQUIRY_TYPE, Inquiry, parse_inquiry_body
+    from ims.sip.message import parse_message
+
+    section = _section(ROOT / "docs" / "extension.md", "### 5.2")
+    (example,) = [b for b in _blocks_in(section) if b.startswith("MESSAGE ")]
+    head, _, wrapped = example.partition("\n\n")
+    body = "".join(line.strip() for line in wrapped.splitlines()).encode()
+    message = parse_message(head.replace("\n", "\r\n").encode() + b"\r\n\r\n" + body)
+    assert message.headers.get("Content-Length") == str(len(body))
+    assert message.headers.get("Content-Type") == INQUIRY_TYPE
+    inquiry = parse_inquiry_body(body)
+    assert isinstance(inquiry, Inquiry)
+    assert str(inquiry.deadline) == message.headers.get("Expires")
+
+
+def _blocks_in(text: str) -> list[str]:
+    return [m.group(2) for m in _BLOCK.finditer(text)]
+
+
+def test_extension_examples_parse() -> None:
+    # The rule set of section 6.1 and the Target-MNO values of section 4 are valid.
+    from ims.extension import parse_target_mno
+    from ims.permission.rules import parse_rule_set
+
+    spec = ROOT / "docs" / "extension.md"
+    (rule_set,) = _blocks_in(_section(spec, "### 6.1"))
+    assert len(parse_rule_set(rule_set).rules) == 3
+    values = re.findall(r"^Target-MNO: (\S+)$", _section(spec, "## 4."), re.M)
+    assert len(values) == 2
+    for value in values:
+        parse_target_mno(value)
+
+
+_DEFAULT = re.compile(r"^\| `(\w+)` \| [^|]* \| `([^`]+)` \|", re.M)
+
+
+def test_configuration_defaults_are_the_codes() -> None:
+    # docs/configuration.md: every default written as a literal is what load_config gives a
+    # file that leaves the key out.
+    import tomllib
+
+    from ims.config import parse_config
+
+    minimal = "\n".join([
+        "[operator]", 'name = "Alpha"', 'plmn = "001-01"', "mnc_digits = 2",
+        "[pcscf]", 'listen = ["udp:127.0.14.1:5100"]',
+        "[scscf]", 'listen = ["udp:127.0.14.1:5102"]',
+        "[border]", 'listen = ["udp:127.0.14.1:5104"]',
+        "[permission]", "[gateway]",
+    ])
+    config = parse_config(minimal, ROOT / "docs" / "examples" / "minimal.toml")
+    doc = ROOT / "docs" / "configuration.md"
+    checked = []
+    for section in ("store", "dns", "pcscf", "scscf", "permission", "gateway", "log"):
+        table = getattr(config, section)
+        for key, literal in _DEFAULT.findall(_section(doc, f"## `[{section}]`")):
+            documented = tomllib.loads(f"v = {literal}")["v"]
+            actual = getattr(table, key)
+            if isinstance(actual, tuple):
+                actual = [getattr(item, "value", item) for item in actual]
+            elif not isinstance(actual, (int, float)):
+                actual = str(getattr(actual, "value", actual))
+            if isinstance(documented, str) and isinstance(actual, str):
+                documented, actual = documented.lower(), actual.lower()
+            assert documented == actual, f"[{section}] {key}: documented {literal}, is {actual}"
+            checked.append(f"{section}.{key}")
+    assert len(checked) >= 15, checked
+
+
+_REPO_PATH = re.compile(r"(?<![\w/.-])((?:ims|ue_ua|tests|docs|bench|dns_zones|\.ci)/[\w./*-]*\w)")
+_LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_paths_and_links_exist(path: Path) -> None:
+    # Every repository path a doc names, and every relative link, exists (stores and other
+    # files a run creates, *.sqlite, excepted).
+    text = path.read_text(encoding="utf-8")
+    missing = [m.group(1) for m in _LINK.finditer(text)
+               if "://" not in m.group(1) and not (path.parent / m.group(1)).exists()]
+    for m in _REPO_PATH.finditer(text):
+        name = m.group(1)
+        if name.endswith(".sqlite"):
+            continue
+        if not (list(ROOT.glob(name)) if "*" in name else (ROOT / name).exists()):
+            missing.append(name)
+    assert not missing, f"{path.name} names what does not exist: {missing}"
