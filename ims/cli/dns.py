@@ -18,6 +18,17 @@ from ims.dns.zones import load_zone_set
 ZONES_ROOT = Path(__file__).resolve().parents[2] / "dns_zones"
 
 
+def _port(text: str) -> int:
+    """An argparse type: a UDP/TCP port number, 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0..65535")
+    return port
+
+
 def _zones_dir(args: argparse.Namespace) -> Path:
     return Path(args.zones) if args.zones else ZONES_ROOT / args.world
 
@@ -53,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_zones_options(serve)
     serve.add_argument("--address", default=DEFAULT_ADDRESS,
                        help=f"listen address (default {DEFAULT_ADDRESS})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+    serve.add_argument("--port", type=_port, default=DEFAULT_PORT,
                        help=f"UDP and TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
     serve.set_defaults(func=_serve)
 

@@ -14,6 +14,10 @@ Rules implemented, by section:
   at most ours); 512 without EDNS. Section 6.1.3: EDNS version above 0 gets BADVERS.
 - RFC 1035 section 4.1.1: a query that cannot be parsed gets FORMERR; an unsupported opcode
   NOTIMP; a message with QR set (a response) is never answered, so two servers cannot loop.
+- RFC 3225 section 3: the DO bit of the query is copied into the response.
+- RFC 1034 section 3.7.1: QCLASS=* (ANY) is answered from the IN data, never with AA.
+- RFC 4035 section 3.1.4.1: DS belongs to the parent side of a zone cut; when both sides are
+  served, DS at a child's apex is answered from the parent zone.
 """
 
 from __future__ import annotations
@@ -111,6 +115,9 @@ class Authority:
     def respond(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query, our_payload=self.udp_payload)
         response.flags &= ~dns.flags.AA
+        if query.edns >= 0 and query.ednsflags & dns.flags.DO:
+            # RFC 3225 section 3: "The DO bit of the query MUST be copied in the response."
+            response.ednsflags |= dns.flags.DO
         if query.edns > 0:
             response.set_rcode(dns.rcode.BADVERS)
             return response
@@ -122,7 +129,7 @@ class Authority:
             return response
         question = query.question[0]
         qname, qtype = question.name, question.rdtype
-        if question.rdclass != dns.rdataclass.IN or qtype in (
+        if question.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY) or qtype in (
             dns.rdatatype.AXFR, dns.rdatatype.IXFR
         ):
             response.set_rcode(dns.rcode.REFUSED)
@@ -130,11 +137,13 @@ class Authority:
         if qtype == dns.rdatatype.OPT:
             response.set_rcode(dns.rcode.FORMERR)
             return response
-        zone = self.zone_set.find_zone(qname)
+        zone = self._zone_for(qname, qtype)
         if zone is None:
             response.set_rcode(dns.rcode.REFUSED)
             return response
-        response.flags |= dns.flags.AA
+        # RFC 1034 section 3.7.1: we cannot know every class, so QCLASS=* is never authoritative.
+        if question.rdclass == dns.rdataclass.IN:
+            response.flags |= dns.flags.AA
         node = zone.get_node(qname)
         if node is not None:
             for rdataset in node.rdatasets:
@@ -148,6 +157,17 @@ class Authority:
             response.set_rcode(dns.rcode.NXDOMAIN)
         response.authority.append(_negative_soa(zone))
         return response
+
+    def _zone_for(
+        self, qname: dns.name.Name, qtype: dns.rdatatype.RdataType
+    ) -> dns.zone.Zone | None:
+        zone = self.zone_set.find_zone(qname)
+        if zone is not None and qtype == dns.rdatatype.DS and qname == zone.origin:
+            # RFC 4035 section 3.1.4.1: DS is the parent's data; ask the parent when we serve it.
+            parent = self.zone_set.find_zone(qname.parent()) if qname != dns.name.root else None
+            if parent is not None:
+                return parent
+        return zone
 
     def _add_additional(self, response: dns.message.Message) -> None:
         seen: set[tuple[dns.name.Name, int]] = set()

@@ -20,6 +20,7 @@ from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.rdtypes.IN.NAPTR
@@ -104,6 +105,15 @@ def _ip_literal(text: str) -> str | None:
         return None
 
 
+def _domain_name(text: str) -> dns.name.Name:
+    """A host part as a DNS name; SIP's hostname ABNF (RFC 3261 section 25.1) has no length
+    limits, DNS has (RFC 1035 section 2.3.4: labels of 63 octets, names of 255)."""
+    try:
+        return dns.name.from_text(text)
+    except dns.exception.DNSException as exc:
+        raise DnsUsageError(f"not a usable domain name {text!r}: {exc}") from None
+
+
 class SipServerResolution:
     """RFC 3263 section 4 for one SIP URI host (`domain`), with its optional parts.
 
@@ -147,9 +157,7 @@ class SipServerResolution:
         self.address_types = address_types
         self.rng = rng
         self._ip = _ip_literal(domain)
-        self.domain = (
-            dns.name.root if self._ip is not None else dns.name.from_text(self.domain_text)
-        )
+        self.domain = dns.name.root if self._ip is not None else _domain_name(self.domain_text)
         self._failures: list[LookupFailure] = []
         self._result: list[ServerTarget] | None = None
         self._error: LookupFailure | None = None
