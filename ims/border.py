@@ -161,6 +161,7 @@ class Border:
     async def _locate(self, request: Request) -> Forward | Response:
         """RFC 3263 / RFC 6116: where the peer operator's border is."""
         uri: Uri = request.uri
+        mno = None
         try:
             mno = target_mno_of(request)
             if mno is not None:
@@ -178,7 +179,12 @@ class Border:
             else:
                 return make_response(request, 416, "Unsupported URI Scheme")
         except NoSuchNumber as exc:
-            return self._failed(request, 404, "Not Found", f"no such number {exc.e164}")
+            cause = f"no such number {exc.e164}"
+            if mno is None:
+                # docs/extension.md section 4: without an ENUM record only Target-MNO could
+                # have named the operator; say so, the caller can add it.
+                cause += " in ENUM and no Target-MNO header"
+            return self._failed(request, 404, "Not Found", cause)
         except NoSuchOperator as exc:
             return self._failed(request, 604, "Does Not Exist Anywhere",
                                 f"no operator {exc.mno_id}")

@@ -314,8 +314,13 @@ class Pcscf:
         if request.to.tag is not None or request.method == "ACK":
             return Forward((Target(request.uri, flow),))
         if flow is None:
-            # RFC 5626 section 5.3: no flow to deliver over.
-            return make_response(request, 430, "Flow Failed (no flow token in the Route)")
+            # No flow token names a UE flow: not a request for a UE registered here (a UE on
+            # an element's host sending before it registered looks like this). RFC 5626
+            # section 5.3's 430 is for a flow that existed and failed, not for none at all.
+            return make_response(
+                request, 403, "Forbidden (no flow token in the Route: REGISTER through this "
+                "P-CSCF first)"
+            )
         return Forward(
             (Target(request.uri, flow),),
             record_route=True,

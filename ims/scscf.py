@@ -51,6 +51,7 @@ from ims.seams import (
 )
 from ims.sip.address import Address
 from ims.sip.errors import ParseError
+from ims.sip.headers import reason_cause
 from ims.sip.message import Request, Response, make_response
 from ims.sip.proxy import Defer, Forward, Hold, Target
 from ims.sip.uri import SipUri, parse_uri
@@ -114,10 +115,8 @@ def _with_locator_reason(
 
     def rewrite(response: Response) -> Response | Hold:
         outcome = _LOCATOR_OUTCOMES.get(response.status_code)
-        ours = f"{REASON_PROTOCOL};cause="
-        if outcome is not None and not any(
-                ours in value.replace(" ", "").lower()
-                for value in response.headers.get_all("Reason")):
+        if outcome is not None and reason_cause(
+                response.headers.get_all("Reason"), REASON_PROTOCOL) is None:
             reason = response_of(outcome).reason
             assert reason is not None
             response = response.with_headers(response.headers.appended("Reason", reason))

@@ -18,8 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 
 from ims.permission.outcomes import REASON_PROTOCOL
-from ims.sip.errors import ParseError
-from ims.sip.headers import parse_params, split_list
+from ims.sip import headers
 
 __all__ = [
     "CalleeLacksExtension",
@@ -199,23 +198,10 @@ class ConnectionClosed(UeError):
 
 
 def reason_cause(values: list[str]) -> int | None:
-    """The cause of the first `ueconnect` Reason value (RFC 3326 section 2:
+    """The cause of the first readable `ueconnect` Reason value (RFC 3326 section 2:
     `Reason: protocol;cause=N;text="..."`, possibly several values), None when none is
     readable."""
-    for header in values:
-        for value in split_list(header):
-            protocol, _, params = value.partition(";")
-            if protocol.strip().lower() != REASON_PROTOCOL:
-                continue
-            try:
-                parsed = dict(parse_params(";" + params, "Reason"))
-            except ParseError:
-                return None
-            cause = parsed.get("cause")
-            if cause is not None and cause.isascii() and cause.isdigit() and len(cause) < 6:
-                return int(cause)
-            return None
-    return None
+    return headers.reason_cause(values, REASON_PROTOCOL)
 
 
 # Without a ueconnect Reason, the status codes that mean one section 7 outcome and nothing

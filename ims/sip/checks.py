@@ -169,6 +169,11 @@ def _reason_phrase(defect: str) -> str:
 
 _RAW_HEADER_RE = re.compile(rb"^([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*:[ \t]*(.*?)[ \t]*$", re.M)
 _ECHOED = ("via", "from", "to", "call-id", "cseq")
+# sent-protocol LWS sent-by (section 20.42), whatever follows.
+_VIA_SENT_BY_RE = re.compile(
+    rf"\s*{abnf.token}\s*/\s*{abnf.token}\s*/\s*{abnf.token}\s+"
+    rf"(?:{abnf.IPv6reference}|[A-Za-z0-9\-.]+)(?:\s*:\s*[0-9]+)?\s*(?:[;,]|$)"
+)
 
 
 def error_response_for(data: bytes, error: ProtocolError) -> Response | None:
@@ -193,7 +198,11 @@ def error_response_for(data: bytes, error: ProtocolError) -> Response | None:
                 try:
                     parse_via(value)
                 except ParseError:
-                    continue
+                    if not _VIA_SENT_BY_RE.match(value):
+                        continue
+                    # A Via whose parameters break the grammar (RFC 4475 3.1.2.1) still names
+                    # the sender; the answer goes to the packet's source and echoes it as
+                    # received, so the client can match it (8.2.6.2).
             items.append((name, value))
     if not any(name == "Via" for name, _ in items):
         return None

@@ -47,7 +47,8 @@ class FixedRoute:
 
     A Request-URI that names this proxy's host and port (with any user part, as sipp's
     built-in scenarios send even their BYE) also goes to the next hop: the next hop is where
-    "us" leads.
+    "us" leads; so does an in-dialog request without a Route whose remote target is a host
+    name, which this proxy cannot resolve.
     """
 
     next_hop: Address
@@ -59,6 +60,10 @@ class FixedRoute:
             return Forward((Target(request.uri),))  # along the remaining Route set
         if self._names_us(request.uri) or not in_dialog:
             return Forward((Target(request.uri, self.next_hop),), record_route=not in_dialog)
+        if resolve_literal(request.uri) is None:
+            # A remote target named by a host name (this proxy does no DNS), as sipp's
+            # branchc sends its BYE without the Record-Route: the next hop is the only route.
+            return Forward((Target(request.uri, self.next_hop),))
         return Forward((Target(request.uri),))  # in-dialog: to the remote target
 
     def _names_us(self, uri: Uri) -> bool:

@@ -7,7 +7,7 @@ ParseError naming the defect, which an element turns into 400 (RFC 3261 section 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from ims.sip import abnf
@@ -345,3 +345,75 @@ def parse_uint(value: str, name: str, maximum: int) -> int:
     if number > maximum:
         raise ParseError(f"{name} out of range")
     return number
+
+
+# --- Reason (RFC 3326 section 2) -------------------------------------------------------------
+# Reason        = "Reason" HCOLON reason-value *(COMMA reason-value)
+# reason-value  = protocol *(SEMI reason-params)
+# protocol      = "SIP" / "Q.850" / token
+# reason-params = protocol-cause / reason-text / reason-extension
+# protocol-cause = "cause" EQUAL cause ; cause = 1*DIGIT
+# reason-text   = "text" EQUAL quoted-string
+
+_REASON_PROTOCOL_RE = re.compile(rf"\s*({abnf.token})")
+_CAUSE_DIGITS = 9  # beyond any cause a registry defines; keeps int() bounded
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason-value. `protocol` is as written (compare it case-insensitively: tokens are
+    case-insensitive, RFC 3261 section 7.3.1); `cause` the protocol-cause, `text` the
+    reason-text unquoted, `params` every parameter as written."""
+
+    protocol: str
+    cause: int | None = None
+    text: str | None = None
+    params: Params = ()
+
+    def is_protocol(self, protocol: str) -> bool:
+        return self.protocol.lower() == protocol.lower()
+
+
+def parse_reason(value: str) -> tuple[Reason, ...]:
+    """Every reason-value of one Reason header value; ParseError naming the defect."""
+    out: list[Reason] = []
+    for item in split_list(value):
+        m = _REASON_PROTOCOL_RE.match(item)
+        if m is None:
+            raise ParseError(f"malformed Reason header {item[:40]!r}: no protocol")
+        params = parse_params(item[m.end():], "Reason")
+        cause_text = param_value(params, "cause")
+        cause: int | None = None
+        if cause_text is not None:
+            digits = cause_text.isascii() and cause_text.isdigit()
+            if not digits or len(cause_text) > _CAUSE_DIGITS:
+                raise ParseError(f"malformed cause {cause_text[:20]!r} in Reason")
+            cause = int(cause_text)
+        text = param_value(params, "text")
+        if text is not None:
+            if not text.startswith('"'):
+                raise ParseError("Reason text is not a quoted string")
+            text = unquote_string(text)
+        out.append(Reason(m.group(1), cause, text, params))
+    return tuple(out)
+
+
+def reasons_of(values: Iterable[str], protocol: str | None = None) -> tuple[Reason, ...]:
+    """The readable reason-values of a message's Reason header fields, in order, only those of
+    `protocol` (case-insensitive) when given. A malformed field is skipped, not fatal: the
+    Reason header is informative (RFC 3326 section 2) and must not make a response unusable."""
+    out: list[Reason] = []
+    for value in values:
+        try:
+            parsed = parse_reason(value)
+        except ParseError:
+            continue
+        out.extend(r for r in parsed if protocol is None or r.is_protocol(protocol))
+    return tuple(out)
+
+
+def reason_cause(values: Iterable[str], protocol: str) -> int | None:
+    """The cause of the first readable reason-value of `protocol`, None when there is none or
+    it has no cause."""
+    found = reasons_of(values, protocol)
+    return found[0].cause if found else None

@@ -3,7 +3,8 @@
 The walk of a request through this module follows section 16: validation (16.3), Route
 processing (16.4), target determination (16.5, delegated to a `Router` the IMS roles supply),
 forwarding to each target (16.6), response processing and best-response selection (16.7),
-Timer C (16.8), CANCEL (16.10) and the stateless ACK for a 2xx (16.11).
+Timer C (16.8), CANCEL (16.10) and the stateless ACK for a 2xx (16.11). An OPTIONS addressed
+to the proxy itself is answered by it (section 11).
 
 The driver feeds every TU event of the layer to `ProxyCore.handle_event(event, now)` and its
 own timer (`get_timer` / `handle_timer`: Timer C and the CANCEL guard) beside the layer's. The
@@ -28,6 +29,7 @@ from ims.sip.errors import LocalProtocolError, ProtocolError
 from ims.sip.headers import Via, parse_name_addr, split_list
 from ims.sip.ids import BRANCH_MAGIC_COOKIE
 from ims.sip.message import Request, Response, make_response
+from ims.sip.status import reason_phrase
 from ims.sip.transaction import (
     AckReceived,
     CancelReceived,
@@ -348,6 +350,9 @@ class ProxyCore:
         self._contexts[key] = context
         if request.method == "INVITE":
             self.layer.send_trying(key, now)  # 17.2.1; quenches the UAC's Timer A
+        if self._is_options_for_us(request):
+            self._answer_options(context, now)
+            return
         loop_hash = _loop_hash(request)
         rejection = self._validate(request, loop_hash)
         if rejection is not None:
@@ -460,6 +465,41 @@ class ProxyCore:
         if unsupported:  # item 5
             return 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))]
         return None
+
+    def _is_options_for_us(self, request: Request) -> bool:
+        """Section 11: an OPTIONS addressed to this proxy (its URI, no user part, as the
+        Request-URI, and a Route set, if any, of our own entries only). The proxy is its final
+        recipient whatever the Max-Forwards, 0 included (16.3 item 3)."""
+        if request.method != "OPTIONS" or not self.config.is_local(request.uri):
+            return False
+        if "Route" not in request.headers:
+            return True
+        try:
+            return all(self.config.is_local(route.uri) for route in request.name_addrs("Route"))
+        except ProtocolError:
+            return False  # left to the routing below, which answers the malformed Route
+
+    def _answer_options(self, context: _Context, now: float) -> None:
+        """Section 11.2: 200 with what this proxy accepts and supports. Allow is omitted: it
+        is ambiguous from a proxy, which is method agnostic. As the request's UAS the proxy
+        honours Require (8.2.2.3: 420 listing the unknown tags in Unsupported)."""
+        unsupported = [
+            tag
+            for value in context.request.headers.get_all("Require")
+            for tag in split_list(value)
+            if tag and tag not in self.config.supported
+        ]
+        if unsupported:
+            self._answer(context, 420, "Bad Extension", [("Unsupported", ", ".join(unsupported))],
+                         now=now)
+            return
+        capabilities = [
+            ("Accept", "*/*"),  # bodies are forwarded, never read: none is refused
+            ("Accept-Encoding", "identity"),
+            ("Accept-Language", "en"),
+            ("Supported", ", ".join(sorted(self.config.supported))),
+        ]
+        self._answer(context, 200, None, capabilities, now=now)
 
     def _is_loop(self, request: Request, loop_hash: str | None = None) -> bool:
         """16.3 item 4 with RFC 5393 section 4.2: one of our Vias carries the loop hash this
@@ -635,8 +675,12 @@ class ProxyCore:
             return
         best = select_best_response(context.responses)
         if best.status_code == 503 and not context.relay_503:
-            # Item 6: a 503 would make the client think this proxy is unavailable.
-            self._answer(context, 500, None, now=now)
+            # Item 6: a 503 would make the client think this proxy is unavailable. The 500
+            # keeps what the 503 said failed ("No route to ..."), so the caller can act on it.
+            reason = None
+            if best.reason and best.reason != reason_phrase(503):
+                reason = f"{reason_phrase(500)} ({best.reason[:100]})"  # bounded: 25.1
+            self._answer(context, 500, reason, now=now)
             return
         if best.status_code in (401, 407):
             best = _aggregate_challenges(best, context.responses)  # item 7

@@ -131,10 +131,9 @@ def add_received(request: Request, source: Address) -> Request:
     asks_rport = via.rport == ""
     if not asks_rport and _same_ip(via.host, source.host):
         return request
-    # RFC 3261's via-received grammar has the bare IPv6address; ims.sip.headers reads only the
-    # bracketed IPv6reference, which RFC 5118 section 4.5 asks receivers to accept as well.
-    received = f"[{source.host}]" if ":" in source.host else source.host
-    stamped = via.with_param("received", received)
+    # RFC 3261's via-received is the bare IPv6address, and RFC 5118 section 4.5: a sender must
+    # not put "[" "]" around it (receivers accept both; ims.sip.headers reads both).
+    stamped = via.with_param("received", source.host)
     if asks_rport:
         stamped = stamped.with_param("rport", str(source.port))
     headers = request.headers.without_first("Via").prepended("Via", str(stamped))
@@ -325,9 +324,6 @@ class UdpTransport(_Endpoint):
     def _datagram_received(self, data: bytes, sockaddr: tuple[str, int]) -> None:
         if self._closed:
             return
-        if len(data) > self.settings.max_datagram_bytes:
-            self._stats.oversize += 1
-            return
         if not data.strip(b"\r\n"):
             return  # a CRLF keep-alive datagram: it has done its job on the NAT binding
         host = self._sources.get(sockaddr[0])
@@ -337,7 +333,15 @@ class UdpTransport(_Endpoint):
                 self._sources.clear()
             self._sources[sockaddr[0]] = host
         source = Address("UDP", host, sockaddr[1])
-        answer = self._accept(data, source)
+        limit = self.settings.max_datagram_bytes
+        if len(data) > limit:
+            # Not parsed; a request whose head names its sender is answered 513 (RFC 3261
+            # section 21.5.14), anything else dropped.
+            too_large = MessageTooLarge(f"message of {len(data)} bytes exceeds the limit of "
+                                        f"{limit} bytes")
+            answer = self._reject(data, too_large, source)
+        else:
+            answer = self._accept(data, source)
         if answer is not None:
             try:
                 self._sendto(serialize(answer), (source.host, source.port))
