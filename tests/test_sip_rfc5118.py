@@ -34,28 +34,8 @@ EXPECTED: dict[str, dict[str, object]] = tomllib.loads(
 )
 MAIN = Path(__file__).parent.parent
 
-# Where our code judges a message otherwise than the RFC; the fix is with the lead.
-# When a fix lands, its strict xfails turn into failures: drop the entry / the marks then.
-THREE_COLONS = "4.10-ipv6-bug-abnf-3-colons.sip"
-THREE_COLONS_DEFECT = (
-    "RFC 5118 section 4.10: the three-colon IPv6 reference [2001:db8:::192.0.2.1] is "
-    "refused as invalid (ims/sip/uri.py validate_host); fix pending"
-)
-PENDING = {THREE_COLONS: THREE_COLONS_DEFECT}
-
-
 def _ids() -> list[str]:
     return sorted(EXPECTED)
-
-
-def _cases(names: list[str]) -> list[object]:
-    """`names` as pytest params, the ones our code still mis-judges marked strict xfail."""
-    return [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=PENDING[n]))
-        if n in PENDING
-        else n
-        for n in names
-    ]
 
 
 def _wire(name: str) -> bytes:
@@ -144,7 +124,7 @@ def test_rfc3261_18_3_the_rfcs_printed_content_lengths_would_break_the_sdp_messa
 # --- verdicts ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _cases(_ids()))
+@pytest.mark.parametrize("name", (_ids()))
 def test_rfc5118_verdict(name: str) -> None:
     expected = EXPECTED[name]
     verdict = check_bytes(_wire(name))
@@ -156,7 +136,7 @@ def test_rfc5118_verdict(name: str) -> None:
         assert verdict.status_code == int(check.split()[0]) == expected["status"]
 
 
-@pytest.mark.parametrize("name", _cases([n for n in _ids() if EXPECTED[n]["verdict"] == "valid"]))
+@pytest.mark.parametrize("name", ([n for n in _ids() if EXPECTED[n]["verdict"] == "valid"]))
 def test_rfc5118_valid_messages_roundtrip_byte_for_byte(name: str) -> None:
     message = parse_message(_wire(name))
     assert serialize(message) == _wire(name)
@@ -164,7 +144,7 @@ def test_rfc5118_valid_messages_roundtrip_byte_for_byte(name: str) -> None:
 
 
 def test_sip_check_cli_prints_the_verdict_per_file() -> None:
-    names = [n for n in _ids() if n not in PENDING]
+    names = _ids()
     result = subprocess.run(
         [sys.executable, "-m", "ims", "sip", "check", *(str(VECTORS / n) for n in names)],
         capture_output=True,
@@ -183,19 +163,6 @@ def test_sip_check_cli_prints_the_verdict_per_file() -> None:
         else:
             assert verdict.startswith(check), verdict
     assert result.returncode == 1  # 4.2 is invalid by design
-
-
-@pytest.mark.parametrize("name", _cases(sorted(PENDING)))
-def test_sip_check_cli_on_the_pending_vectors(name: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "ims", "sip", "check", str(VECTORS / name)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=MAIN,
-    )
-    assert result.stdout.split("\t")[1].strip() == EXPECTED[name]["check"]
-    assert result.returncode == 0
 
 
 # --- what each section's addresses mean -------------------------------------------------------
@@ -222,11 +189,6 @@ def test_rfc5118_4_2_unbracketed_ipv6_request_uri_is_answered_400() -> None:
     assert answer.headers.get("CSeq") == "98176 REGISTER"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 5118 section 4.2: the 400 says \"invalid host '2001'\" instead of naming the "
-    "missing '[' ']' (ims/sip/uri.py split_hostport); fix pending",
-)
 def test_rfc5118_4_2_reason_phrase_names_the_missing_brackets() -> None:
     verdict = check_bytes(_wire("4.2-ipv6-bad.sip"))
     assert isinstance(verdict, Reject)
@@ -260,11 +222,6 @@ def test_rfc5118_4_5_received_with_and_without_brackets_names_the_same_address()
         assert response_destination(via) == Address("UDP", "2001:db8::9:255", 5060)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RFC 5118 section 4.5: a sender must not put '[' ']' around an IPv6 received, but "
-    "add_received stamps received=[::1] (ims/sip/transport.py); fix pending",
-)
 def test_rfc5118_4_5_received_is_stamped_without_brackets() -> None:
     request = _request("4.5-via-received-param-no-delim.sip")
     stamped = add_received(request, Address("UDP", "::1", 40000))
@@ -330,10 +287,9 @@ def test_rfc5118_4_10_the_correct_reference_with_an_embedded_ipv4_address() -> N
     assert _sip_uri(request.to.uri).host == "[2001:db8::192.0.2.1]"
 
 
-@pytest.mark.xfail(strict=True, reason=THREE_COLONS_DEFECT)
 def test_rfc5118_4_10_the_three_colon_reference_is_tolerated_as_the_same_address() -> None:
     correct = _request("4.10-ipv6-correct-abnf-2-colons.sip")
-    buggy = _request(THREE_COLONS)
+    buggy = _request("4.10-ipv6-bug-abnf-3-colons.sip")
     assert _sip_uri(buggy.uri).host == "[2001:db8:::192.0.2.1]"  # kept as written
     assert _sip_uri(buggy.uri).equivalent(correct.uri)
     assert _sip_uri(buggy.to.uri).equivalent(correct.to.uri)
@@ -485,7 +441,7 @@ def test_rfc5118_4_2_over_the_wire_the_proxy_answers_400_and_forwards_nothing(wi
         _receive(wire.next_hop, want, Request, timeout=0.5)
 
 
-@pytest.mark.parametrize("name", _cases([n for n in _ids() if EXPECTED[n]["verdict"] == "valid"]))
+@pytest.mark.parametrize("name", ([n for n in _ids() if EXPECTED[n]["verdict"] == "valid"]))
 def test_rfc5118_over_the_wire_valid_messages_are_forwarded(wire: _Wire, name: str) -> None:
     data = _for_the_wire(name, wire.proxy_port)
     sent = parse_message(data)

@@ -186,7 +186,7 @@ def test_rfc5118_ipv6_source_compared_and_received_readable() -> None:
     request = request_from(Address("UDP", "::1", 5060))
     assert add_received(request, Address("UDP", "::1", 5060)) == request
     stamped = add_received(request, Address("UDP", "2001:db8::9", 5060))
-    assert stamped.top_via.received == "[2001:db8::9]"
+    assert stamped.top_via.received == "2001:db8::9"  # RFC 5118 section 4.5: no brackets
 
 
 def test_only_the_top_via_is_stamped() -> None:

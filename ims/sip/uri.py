@@ -17,6 +17,7 @@ from ims.sip.errors import ParseError
 Params = tuple[tuple[str, str | None], ...]
 
 _TEL_PNAME_RE = re.compile(r"[A-Za-z0-9\-]+")
+_IPV6_CHARS = frozenset("0123456789abcdefABCDEF:.")
 
 
 def param_value(params: Params, name: str) -> str | None:
@@ -107,7 +108,11 @@ class SipUri:
     @property
     def host_for_connect(self) -> str:
         """The host without IPv6 brackets, as a socket address wants it."""
-        return self.host[1:-1] if self.host.startswith("[") else self.host
+        if not self.host.startswith("["):
+            return self.host
+        inner = self.host[1:-1]
+        # RFC 5118 section 4.10: the three-colon form is sent on without its extra colon.
+        return inner if ":::" not in inner else ipv6_reference_address(self.host).compressed
 
     def equivalent(self, other: object) -> bool:
         """URI comparison per RFC 3261 section 19.1.4."""
@@ -192,8 +197,25 @@ def _lower(value: str | None) -> str | None:
 
 def _canonical_host(host: str) -> str:
     if host.startswith("["):
-        return "[" + ipaddress.IPv6Address(host[1:-1]).compressed + "]"
+        return "[" + ipv6_reference_address(host).compressed + "]"
     return host.lower().rstrip(".")
+
+
+def ipv6_reference_address(reference: str) -> ipaddress.IPv6Address:
+    """The address of an IPv6reference "[...]"; raises ValueError when it is none.
+
+    RFC 3261's IPv6address rule (from RFC 2373) also derives "2001:db8:::192.0.2.1", three
+    colons before an embedded IPv4 address; RFC 4291 does not. RFC 5118 section 4.10: an
+    implementation must tolerate both, so ":::" is read as "::" in that one position.
+    """
+    text = reference[1:-1]
+    try:
+        return ipaddress.IPv6Address(text)
+    except ValueError:
+        head, sep, tail = text.rpartition(":::")
+        if not sep or not abnf.IPV4_RE.fullmatch(tail):
+            raise
+        return ipaddress.IPv6Address(f"{head}::{tail}")
 
 
 def _parse_params(text: str, uri: str, tel: bool = False) -> Params:
@@ -223,7 +245,7 @@ def validate_host(host: str, where: str) -> None:
         if not host.endswith("]"):
             raise ParseError(f"unterminated IPv6 reference in {where!r}")
         try:
-            ipaddress.IPv6Address(host[1:-1])
+            ipv6_reference_address(host)
         except ValueError:
             raise ParseError(f"invalid IPv6 reference {host!r} in {where!r}") from None
         return
@@ -246,6 +268,9 @@ def split_hostport(hostport: str, where: str) -> tuple[str, int | None]:
             raise ParseError(f"junk after IPv6 reference in {where!r}")
         port_text = rest[1:] if rest else None
     else:
+        if hostport.count(":") > 1 and all(c in _IPV6_CHARS for c in hostport):
+            # RFC 5118 section 4.2: an IPv6 address in a URI is an IPv6reference.
+            raise ParseError(f"IPv6 address without enclosing '[' ']' in {where!r}")
         host, colon, port_text_raw = hostport.partition(":")
         port_text = port_text_raw if colon else None
     validate_host(host, where)
