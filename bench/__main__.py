@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from bench import (
     Benchmark,
     dns_locator,
+    memory,
     operator_rates,
     proxy_cps,
     relay_rate,
@@ -24,6 +25,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     operator_rates.BENCHMARK,
     relay_rate.BENCHMARK,
     setup_time.BENCHMARK,
+    memory.BENCHMARK,
 )
 
 

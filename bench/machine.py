@@ -48,6 +48,22 @@ def memory_total() -> str:
     return f"{int(found.group(1)) // 1024} MiB" if found else "unknown"
 
 
+def group_pids(pgid: int) -> list[int]:
+    """Pids of the live processes in process group `pgid` (a benchmark's subject started in
+    a session of its own, its workers included)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            rest = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(rest[2]) == pgid:  # field 5, pgrp (proc(5))
+            pids.append(int(entry.name))
+    return pids
+
+
 def machine_facts() -> dict[str, str]:
     """Name -> value, in the order docs/benchmarks.md shows them."""
     return {

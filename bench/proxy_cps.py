@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 from bench import BenchConfigError, BenchError, Benchmark, ToolMissing
-from bench.machine import machine_facts
+from bench.machine import group_pids, machine_facts
 from bench.sipp import Endpoint, SippProcess, SippRun, find_sipp, free_port, run_sipp, uac, uas
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -236,17 +236,7 @@ class RunningProxy:
 
     def _group(self) -> list[int]:
         """Pids of the processes in the proxy's process group (its workers included)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                rest = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(rest[2]) == self.pid:  # field 5, pgrp (proc(5))
-                pids.append(int(entry.name))
-        return pids
+        return group_pids(self.pid)
 
     def cpu_seconds(self) -> float:
         """User + system CPU time used so far by the proxy's live processes."""

@@ -372,7 +372,8 @@ def _wait_stun_ready(port: int, within: float) -> bool:
 
 
 @contextlib.contextmanager
-def coturn_path(workdir: Path) -> Iterator[Path_]:
+def start_turnserver(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], Address]]:
+    """coturn's turnserver on a free loopback port, answering STUN: (process, its address)."""
     port = _free_udp_port()
     log = workdir / "turnserver.log"
     argv = [
@@ -393,10 +394,16 @@ def coturn_path(workdir: Path) -> Iterator[Path_]:
         if not _wait_stun_ready(port, 10):
             raise BenchError(f"turnserver did not answer on {LOOPBACK}:{port}:\n"
                              f"{log.read_text(errors='replace')[-2000:]}")
-        with _turn_allocation((LOOPBACK, port), _process_cpu(process.pid)) as path:
-            yield path
+        yield process, (LOOPBACK, port)
     finally:
         _stop(process)
+
+
+@contextlib.contextmanager
+def coturn_path(workdir: Path) -> Iterator[Path_]:
+    with start_turnserver(workdir) as (process, server), \
+            _turn_allocation(server, _process_cpu(process.pid)) as path:
+        yield path
 
 
 @contextlib.contextmanager
@@ -640,7 +647,7 @@ BENCHMARK = Benchmark(
 )
 
 __all__ = ["BENCHMARK", "RelaySettings", "SubjectResult", "kernel_missing", "measure",
-           "measure_kernel", "serve_relay"]
+           "measure_kernel", "serve_relay", "start_turnserver"]
 
 
 if __name__ == "__main__":
