@@ -329,12 +329,21 @@ def load_config(path: str | Path) -> OperatorConfig:
     return parse_config(read_config_text(path, "an operator TOML file"), path)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a configuration is a few KiB; more is the wrong file
+
+
 def read_config_text(path: Path, what: str) -> str:
     """The text of the configuration file at `path`; ConfigFileError when it is missing (the
     message asks for the path of `what`), unreadable or not UTF-8. Shared with the UE
     configuration (ue_ua.config)."""
     try:
-        return path.read_text(encoding="utf-8")
+        with path.open("rb") as file:  # not read_text: /dev/zero or a runaway pipe never ends
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigFileError(path, [ConfigProblem(
+                "", f"larger than {MAX_CONFIG_BYTES >> 20} MiB, more than any configuration "
+                    f"holds; give the path of {what}")])
+        return raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigFileError(
             path, [ConfigProblem("", f"no such file; give the path of {what}")]
@@ -344,9 +353,14 @@ def read_config_text(path: Path, what: str) -> str:
             path, [ConfigProblem("", f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
                                      "TOML files must be UTF-8")]
         ) from None
+    except IsADirectoryError:
+        raise ConfigFileError(
+            path, [ConfigProblem("", f"is a directory; give the path of {what} in it")]
+        ) from None
     except OSError as exc:
         raise ConfigFileError(
-            path, [ConfigProblem("", f"cannot read: {exc.strerror or exc}")]
+            path, [ConfigProblem("", f"cannot read: {exc.strerror or exc}; give the path of "
+                                     f"{what} this user can read")]
         ) from None
 
 
@@ -387,6 +401,7 @@ _HOST_PORT_WHAT = "HOST:PORT with HOST an IP literal ([::1] for IPv6) and PORT 1
 _FINGERPRINT_RE = re.compile(r"(?i)SHA-256 (?:[0-9A-F]{2}:){31}[0-9A-F]{2}")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _MAX_DELTA_SECONDS = 2**32 - 1  # RFC 3261 section 25.1 delta-seconds, as ims.sip uses
+_SQLITE_HEADER = b"SQLite format 3\0"  # the first 16 bytes of every SQLite 3 database file
 _SECTIONS = ("operator", "store", "dns", "pcscf", "scscf", "border", "metrics", "trace",
              "permission", "gateway", "log")
 
@@ -417,6 +432,12 @@ class _Validator:
         return len(self.problems.items) > mark
 
     def operator_config(self, data: Mapping[str, object]) -> OperatorConfig | None:
+        if "operator" not in data and "ue" in data:
+            # The other kind of file (ue_ua.config): one problem, not one per section.
+            self.problems.add(("ue",), "this is a UE file, not an operator's: `ueconnect ue "
+                              f"--config {self.source}` reads it; `ueconnect mno` needs an "
+                              "operator file such as docs/examples/alpha.toml")
+            return None
         top = Table(data, (), self.problems)
         operator_table = top.table("operator")
         if operator_table is None and not top.present("operator"):
@@ -465,12 +486,14 @@ class _Validator:
         digits_value = t.required("mnc_digits", "2 or 3 (TS 23.003: the MNC length of this MCC)")
         digits: int | None = None
         if digits_value is not MISSING:
-            if isinstance(digits_value, int) and not isinstance(digits_value, bool) \
-                    and digits_value in (2, 3):
+            is_integer = isinstance(digits_value, int) and not isinstance(digits_value, bool)
+            if is_integer and digits_value in (2, 3):
+                assert isinstance(digits_value, int)
                 digits = digits_value
             else:
-                t.problem("mnc_digits", f"{show(digits_value)} is not 2 or 3; expected the "
-                          "MNC length of this MCC (TS 23.003 section 2.2)")
+                what = "not 2 or 3" if is_integer else "not an integer (write it bare: 2)"
+                t.problem("mnc_digits", f"{show(digits_value)} is {what}; expected 2 or 3, "
+                          "the MNC length of this MCC (TS 23.003 section 2.2)")
         plmn = self.plmn(t, "plmn", plmn_text, {} if digits is None else {"_": digits})
         domain: str | None = None
         if plmn is not None and digits is not None:
@@ -525,10 +548,34 @@ class _Validator:
             backend = None
         mark = self.mark()
         path = self.path(t, "path", "a file path for the SQLite database")
+        if path is not None:
+            self.store_file(t, path)
         t.finish()
         if backend is None or self.failed_since(mark):
             return None
         return StoreConfig(backend, path or self.base_dir / f"{self.source.stem}.sqlite")
+
+    def store_file(self, t: Table, path: Path) -> None:
+        """What `--check` can see of the store without opening it (the store creates a
+        missing file and its directory): not a directory, and a file that exists is SQLite."""
+        written = t.data.get("path")
+        if path.is_dir():
+            t.problem("path", f"{show(written)} is a directory ({path}); give a file path in "
+                      "it, e.g. \"alpha.sqlite\"", written)
+            return
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(_SQLITE_HEADER))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            t.problem("path", f"{show(written)}: cannot read {path} ({exc.strerror or exc}); "
+                      "give a store file this user can read and write", written)
+            return
+        if head and head != _SQLITE_HEADER:
+            t.problem("path", f"{show(written)}: {path} is not an SQLite database; give the "
+                      "path of this operator's store, or of a file that does not exist yet",
+                      written)
 
     def path(self, t: Table, key: str, what: str, must_exist: bool = False) -> Path | None:
         """The resolved path, None when absent or bad (a bad one adds a problem)."""
@@ -856,6 +903,14 @@ class _Validator:
         if not t.present("path"):
             t.required("path", "a file path for the JSON-lines ladder log")
         path = self.path(t, "path", "a file path for the JSON-lines ladder log")
+        written = t.data.get("path")
+        # The trace file is created when missing, its directory is not (ims.trace).
+        if path is not None and path.is_dir():
+            t.problem("path", f"{show(written)} is a directory ({path}); give a file path in "
+                      "it, e.g. \"alpha-trace.jsonl\"", written)
+        elif path is not None and not path.parent.is_dir():
+            t.problem("path", f"{show(written)}: the directory {path.parent} does not exist; "
+                      "create it or give a path in an existing one", written)
         t.finish()
         return None if path is None or self.failed_since(mark) else TraceConfig(path)
 

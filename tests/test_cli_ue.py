@@ -174,8 +174,8 @@ def test_check_through_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert f'{bad}: ue.pcscf (line 7): "nowhere" is not an address' in err
     assert f"{bad}: 1 problem" in err
-    # Running with a bad file, or without an action, is a usage error (2).
-    assert main(["ue", "--config", str(bad), "register"]) == 2
+    # Running with a bad file fails (1), as under `ueconnect mno`; no action is usage (2).
+    assert main(["ue", "--config", str(bad), "register"]) == 1
     assert main(["ue", "--config", str(good)]) == 2
     assert "give an ACTION" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exited:  # argparse: a bad --count

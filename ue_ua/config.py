@@ -88,6 +88,12 @@ def parse_ue_config(text: str, path: Path) -> tuple[UeConfig, RuleBook | None]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigSyntaxError(path, [syntax_problem(str(exc), text)]) from None
     problems = Problems(KeyLines(text))
+    if "ue" not in data and "operator" in data:
+        # The other kind of file (ims.config): one problem, not one per section.
+        problems.add(("operator",), f"this is an operator's file, not a UE's: `ueconnect mno "
+                     f"--config {path}` reads it; `ueconnect ue` needs a UE file (`ueconnect "
+                     "demo --serve` writes one per subscriber)")
+        raise ConfigValueError(path, problems.ordered())
     top = Table(data, (), problems)
     ue_table = top.table("ue")
     if ue_table is None and not top.present("ue"):

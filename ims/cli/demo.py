@@ -16,15 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from ims.config import ConfigError
+from ims.cli.report import help_page
+from ims.cli.testbed import delay_ms, namespace_prefix
 from ims.demo.scenarios import SCENARIOS, Scenario
-from ims.demo.serve import serve
-from ims.demo.testbed_run import TestbedOptions
-from ims.demo.walk import run_scenario
-from ims.operator import OperatorError
-from ims.sip.errors import SipError
-from ims.sip.transport import BindError
-from ims.testbed.errors import TestbedError, TestbedUsageError, ToolMissing
 
 UNASSISTED_NEEDS_TESTBED = (
     "the unassisted scenario needs --testbed (root): on the embedded default every UE shares "
@@ -43,15 +37,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "demo",
         help="run the end-to-end demo on loopback (or in the namespace testbed)",
-        description=(
+        **help_page(
             "Run Bill (Alpha) -> Dave (Beta) on the embedded default: DNS, both operators and "
             "both UEs on loopback, no root; or with --testbed in the network-namespace testbed "
             "(root). Steps print with their times, then the SIP ladder of the call; the ladder "
-            "is also written as HTML under --out. The exit status is 0 only when every step "
-            "behaved as it should (for --scenario deny: when Dave's refusal reached Bill and "
-            "nothing was left open; for unassisted: when the UEs could not connect); 2 when "
-            "the scenario cannot run here."
-        ),
+            "is also written as HTML under --out.",
+            ["ueconnect demo",
+             "ueconnect demo --scenario deny --json",
+             "ueconnect demo --play",
+             "ueconnect demo --serve --out ueconnect-demo",
+             "sudo ueconnect demo --testbed --scenario unassisted --delay 20"],
+            "exit status: 0 every step behaved as it should (for --scenario deny: Dave's "
+            "refusal reached\nBill and nothing was left open; for unassisted: the UEs could "
+            "not connect), or --serve\nwas stopped by Ctrl-C/SIGTERM; 1 a step did not, or "
+            "the world could not start; 2 the\nscenario cannot run here (options, no root, "
+            "no terminal, a testbed tool missing); 130\ninterrupted."),
     )
     parser.add_argument(
         "--out",
@@ -77,12 +77,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --testbed: the CGNs' mapping behaviour (default symmetric)",
     )  # fmt: skip
     parser.add_argument(
-        "--prefix", default=None, metavar="uec-NAME-",
+        "--prefix", default=None, metavar="uec-NAME-", type=namespace_prefix,
         help="with --testbed: the namespace name prefix (default the testbed's, uec-)",
     )  # fmt: skip
     parser.add_argument(
-        "--delay", type=int, default=None, metavar="MS",
-        help="with --testbed: MS ms one-way on every link (netem, else NFQUEUE; docs/testbed.md)",
+        "--delay", type=delay_ms, default=None, metavar="MS",
+        help="with --testbed: MS ms one-way on every link, 1 to 10000; default none (netem, "
+        "else NFQUEUE; docs/testbed.md)",
     )  # fmt: skip
     parser.add_argument(
         "--state-dir", type=Path, default=None, metavar="DIR",
@@ -160,6 +161,17 @@ def _demo(args: argparse.Namespace) -> int:
     if problem:
         print(f"ueconnect demo: {problem}", file=sys.stderr)
         return 2
+    # Imported here, not at the top: they pull in both operators and the UE, which every
+    # other `ueconnect` command (and --help) would otherwise wait for.
+    from ims.config import ConfigError
+    from ims.demo.serve import serve
+    from ims.demo.testbed_run import TestbedOptions
+    from ims.demo.walk import run_scenario
+    from ims.operator import OperatorError
+    from ims.sip.errors import SipError
+    from ims.sip.transport import BindError
+    from ims.testbed.errors import TestbedError, TestbedUsageError, ToolMissing
+
     testbed = (TestbedOptions(args.nat, args.prefix, args.state_dir, args.delay)
                if args.testbed else None)
     where = "the testbed world" if testbed else "the embedded world"

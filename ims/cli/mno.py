@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import ipaddress
 import json
 import logging
@@ -15,6 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ims.cli.report import help_page, print_config_error
 from ims.cli.signals import stop_signals
 from ims.config import (
     ConfigError,
@@ -39,9 +41,17 @@ _ROLES = [role.value for role in Role]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "mno", help="run one operator (MNO) from its TOML file, or check the file",
-        description="Run the roles an operator's configuration enables (docs/configuration.md)"
-                    " in the foreground until SIGINT/SIGTERM, or only validate the file with "
-                    "--check.",
+        **help_page(
+            "Run the roles an operator's configuration enables (docs/configuration.md) in the "
+            "foreground until SIGINT/SIGTERM (then exit 0), or only validate the file with "
+            "--check, or list what its gateway holds open with --list-open. Default: every "
+            "role the file configures, /metrics where its [metrics] says.",
+            ["ueconnect mno --config docs/examples/alpha.toml --check",
+             "ueconnect mno --config docs/examples/alpha.toml",
+             "ueconnect mno --config alpha.toml --role border --metrics-listen 127.0.1.3:9103",
+             "ueconnect mno --config alpha.toml --list-open --json"],
+            "exit status: 0 stopped by SIGINT/SIGTERM, or --check: the file is usable; 1 the "
+            "file has\nproblems or the operator cannot start (an address in use, ...); 2 usage."),
     )
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="the operator's TOML file, e.g. docs/examples/alpha.toml")
@@ -90,26 +100,58 @@ def _metrics_listen(text: str) -> HostPort | str:
 
 
 def _mno(args: argparse.Namespace) -> int:
+    # Usage first: a wrong combination is named before the file is read.
+    if args.json and not args.list_open:
+        print("ueconnect mno: --json goes with --list-open", file=sys.stderr)
+        return 2
+    for n, name in enumerate(args.role or ()):
+        if name in args.role[:n]:
+            print(f"ueconnect mno: --role {name} is given twice; give each role once",
+                  file=sys.stderr)
+            return 2
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        count = len(exc.problems)
-        print(f"{args.config}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+        print_config_error(exc, sys.stderr)
+        return 1
+    if args.list_open and not args.check:  # reads the store only: whatever roles it has
+        return list_open(config, as_json=args.json)
+    roles = [Role(name) for name in args.role] if args.role else None
+    missing = [role for role in roles or () if role not in config.roles]
+    if missing:
+        names = ", ".join(f"[{role.value}]" for role in missing)
+        print(f"ueconnect mno: {args.config} has no {names} section for --role "
+              f"{missing[0].value}; add the section, or drop the option (the file configures "
+              f"{', '.join(config.roles)})", file=sys.stderr)
+        return 1
+    unrunnable = _needs_scscf(config, roles or config.roles)
+    if unrunnable:
+        # ims.operator refuses these at start; --check promises "usable", so it says so too.
+        for line in unrunnable:
+            print(line, file=sys.stderr)
+        count = len(unrunnable)
+        print(f"{config.source}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
         return 1
     if args.check:
         print(f"{args.config}: OK (roles: {', '.join(config.roles)})")
         return 0
-    if args.json and not args.list_open:
-        print("ueconnect mno: --json goes with --list-open", file=sys.stderr)
-        return 2
-    if args.list_open:
-        return list_open(config, as_json=args.json)
-    roles = [Role(name) for name in args.role] if args.role else None
     if args.metrics_listen is not None:
         metrics = None if args.metrics_listen == _OFF else MetricsConfig(args.metrics_listen)
         config = dataclasses.replace(config, metrics=metrics)
     return run_operator(config, roles, show_open=args.open)
+
+
+def _needs_scscf(config: OperatorConfig, roles: Sequence[Role]) -> list[str]:
+    """The `roles` of `config` that cannot run for want of [scscf], each as a problem line: the
+    P-CSCF sends registrations, the border requests from peer operators, to the S-CSCF the
+    file names, also when the role runs alone (--role)."""
+    if config.scscf is not None:
+        return []
+    whys = {Role.PCSCF: "where registrations go", Role.BORDER: "where requests from peer "
+            "operators go"}
+    return [f"{config.source}: {role.value}: needs [scscf] in the same file ({whys[role]}); "
+            f"add [scscf] with its listen address (`--role {role.value}` then runs only the "
+            f"{role.value} here)" for role in roles if role in whys]
 
 
 def run_operator(config: OperatorConfig, roles: Sequence[Role] | None = None, *,
@@ -143,10 +185,31 @@ async def _serve(config: OperatorConfig, roles: Sequence[Role] | None,
     except (OperatorError, StoreError, SipError, OSError) as exc:
         text = str(exc)  # OperatorError names the file already
         where = "" if text.startswith(str(config.source)) else f"{config.source}: "
-        print(f"ueconnect mno: cannot run: {where}{text}", file=sys.stderr)
+        print(f"ueconnect mno: cannot run: {where}{text}{_bind_fix(exc)}", file=sys.stderr)
         return 1
     print(f"ueconnect mno: {config.operator.name} stopped", flush=True)
     return 0
+
+
+_BIND_FIXES = {
+    errno.EADDRINUSE: "; another process holds that address (another `ueconnect mno` of this "
+                      "file, or a role run twice?): stop it, or give this listener another port",
+    errno.EADDRNOTAVAIL: "; that address is not on any interface of this host: listen on one "
+                         "of its addresses (`ip addr`), or add it",
+    errno.EACCES: "; ports below 1024 need root (or CAP_NET_BIND_SERVICE): use a port from 1024",
+}
+
+
+def _bind_fix(exc: BaseException) -> str:
+    """What to do about a listener that could not be bound, from the OSError behind `exc`."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _BIND_FIXES:
+            return _BIND_FIXES[cause.errno]
+        cause = cause.__cause__ or cause.__context__
+    return ""
 
 
 def describe(operator: Operator) -> str:

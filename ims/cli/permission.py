@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from ims.cli.report import help_page, print_config_error
 from ims.config import ConfigError, load_config
 from ims.permission.errors import PermissionProtocolError
 from ims.permission.rules import parse_rule_set
@@ -27,8 +28,16 @@ MAX_LIMIT = 10_000
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("permission",
-                            help="show a subscriber's permission rules and decisions")
+    parser = sub.add_parser(
+        "permission", help="show a subscriber's permission rules and decisions",
+        **help_page(
+            "Show what the permission function (docs/extension.md section 5) holds for one "
+            "subscriber, read from the operator's store: the standing rule set its UE "
+            "published, and the audit of decisions on calls to it. SUBSCRIBER is the private "
+            "identity or any public one.",
+            ["ueconnect permission rules --config beta.toml tel:+15550100002",
+             "ueconnect permission decisions --config beta.toml "
+             "dave@ims.mnc002.mcc001.3gppnetwork.org --limit 5"]))
 
     def usage(args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
@@ -36,15 +45,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     parser.set_defaults(func=usage)
     commands = parser.add_subparsers(dest="permission_command", metavar="ACTION")
-    rules = commands.add_parser("rules", help="the rule set the subscriber's UE published")
+    rules = commands.add_parser(
+        "rules", help="the rule set the subscriber's UE published",
+        **help_page("The subscriber's standing rules (id, action, peer, peer MNO, "
+                    "application, expiry) as its UE last published them, with the SIP-ETag "
+                    "and until when the operator keeps them.",
+                    ["ueconnect permission rules --config beta.toml tel:+15550100002"]))
     _common(rules)
     rules.set_defaults(func=_rules)
-    decisions = commands.add_parser("decisions", help="the latest permission decisions for "
-                                    "calls to the subscriber, newest first")
+    decisions = commands.add_parser(
+        "decisions", help="the latest permission decisions for calls to the subscriber, "
+        "newest first",
+        **help_page("The latest permission decisions for calls to the subscriber, newest "
+                    "first: when, the caller (\"anonymous\" when it asked for privacy), its "
+                    "MNO, the application, the outcome, how it was decided (rule or inquiry).",
+                    ["ueconnect permission decisions --config beta.toml tel:+15550100002 "
+                     "--limit 5"]))
     _common(decisions)
-    decisions.add_argument("--limit", type=int, default=20, metavar="N",
+    decisions.add_argument("--limit", type=_limit, default=20, metavar="N",
                            help=f"how many to show, 1 to {MAX_LIMIT} (default 20)")
     decisions.set_defaults(func=_decisions)
+
+
+def _limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; give 1 to {MAX_LIMIT}")
+    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +87,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _open(action: str, args: argparse.Namespace) -> tuple[Store, Subscriber] | int:
     try:
         config = load_config(args.config)
+    except ConfigError as exc:
+        print_config_error(exc, sys.stderr)
+        return 1
+    unknown = (f"ueconnect permission {action}: no subscriber {args.subscriber} in "
+               f"{config.store.path}; `ueconnect subscriber list` shows who there is")
+    if not config.store.path.exists():  # reading: do not create a store only to find it empty
+        print(f"{unknown} (no store there yet)", file=sys.stderr)
+        return 1
+    try:
         store = open_store(config.store)
-    except (ConfigError, StoreError) as exc:
+    except StoreError as exc:
         print(f"ueconnect permission {action}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -69,9 +108,7 @@ def _open(action: str, args: argparse.Namespace) -> tuple[Store, Subscriber] | i
         return 1
     if subscriber is None:
         store.close()
-        print(f"ueconnect permission {action}: no subscriber {args.subscriber} in "
-              f"{config.store.path}; `ueconnect subscriber list` shows who there is",
-              file=sys.stderr)
+        print(unknown, file=sys.stderr)
         return 1
     return store, subscriber
 
@@ -103,10 +140,6 @@ def _rules(args: argparse.Namespace) -> int:
 
 
 def _decisions(args: argparse.Namespace) -> int:
-    if not 1 <= args.limit <= MAX_LIMIT:
-        print(f"ueconnect permission decisions: --limit {args.limit} is out of range; "
-              f"give 1 to {MAX_LIMIT}", file=sys.stderr)
-        return 2
     opened = _open("decisions", args)
     if isinstance(opened, int):
         return opened

@@ -1,5 +1,7 @@
 """Stopping a long-running command on SIGINT or SIGTERM: one way for every `ueconnect` command
-that serves until told to stop (dns serve, pcp serve, mno, ue listen, demo --serve)."""
+that serves until told to stop (dns serve, pcp serve, mno, ue listen, ue register --stay, demo
+--serve: exit 0), and for one cut short on the way (ue register, ue connect: exit 130), each
+closing what it opened before it exits."""
 
 from __future__ import annotations
 

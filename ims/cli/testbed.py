@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ims.cli.report import help_page
 from ims.testbed.builder import TestbedBuilder, check_host
 from ims.testbed.errors import (
     AlreadyUp,
@@ -13,6 +14,7 @@ from ims.testbed.errors import (
     NetemUnavailable,
     StateUnreadable,
     TestbedError,
+    TestbedUsageError,
 )
 from ims.testbed.state import DEFAULT_STATE_DIR
 from ims.testbed.topology import PREFIX, NatBehaviour, TestbedOptions, build_plan
@@ -28,9 +30,40 @@ NETEM_FALLBACKS = (
     "(ims/testbed/delay.py, needs iptables-legacy) and say so")
 
 
+def delay_ms(text: str) -> int:
+    """argparse type of a one-way link delay (testbed up --netem-delay, demo --delay)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds; "
+                                         "give 1 to 10000") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} ms is out of range; give 1 to 10000")
+    return value
+
+
+def namespace_prefix(text: str) -> str:
+    """argparse type of a namespace name prefix, checked by the testbed's own rule
+    (TestbedOptions): the prefix names every namespace the testbed creates and removes."""
+    try:
+        TestbedOptions(prefix=text)
+    except TestbedUsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}, e.g. uec-lab1-") from None
+    return text
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "testbed", help="network-namespace testbed: UEs behind CGNs, cores, DNS (root)")
+        "testbed", help="network-namespace testbed: UEs behind CGNs, cores, DNS (root)",
+        **help_page(
+            "Build, inspect and remove the network-namespace testbed (docs/testbed.md): each "
+            "UE behind its operator's CGN (nftables NAT), the operators' cores and the DNS "
+            "server on an inter-operator network. Needs root. `ueconnect demo --testbed` "
+            "runs the demo in it.",
+            ["sudo ueconnect testbed up",
+             "sudo ueconnect testbed up --nat eim --prefix uec-lab1- --state-dir /tmp/lab1",
+             "sudo ueconnect testbed status",
+             "sudo ueconnect testbed down"]))
 
     def usage(args: argparse.Namespace) -> int:
         parser.print_help(sys.stderr)
@@ -46,16 +79,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--show-commands", action="store_true",
                        help="print every ip/nft/sysctl/tc command as it runs")
 
-    up = commands.add_parser("up", help="build the testbed (a no-op when it is up already)")
+    up = commands.add_parser(
+        "up", help="build the testbed (a no-op when it is up already)",
+        **help_page("Build the namespaces, links, CGN NAT rules and sysctls, and record "
+                    "them under --state-dir; a testbed already up with the same options is "
+                    "left as it is. On failure what was built is removed (unless "
+                    "--keep-partial).",
+                    ["sudo ueconnect testbed up",
+                     "sudo ueconnect testbed up --nat eim --netem-delay 20"]))
     up.add_argument("--nat", choices=[n.value for n in NatBehaviour],
                     default=NatBehaviour.SYMMETRIC.value,
                     help="CGN mapping: symmetric = new random port per destination (default); "
                          "eim = endpoint-independent (source port kept)")
-    up.add_argument("--netem-delay", type=int, metavar="MS",
-                    help="one-way delay on the egress of every link interface, by tc netem "
-                         "(needs the kernel's sch_netem; the testbed world and the setup_time "
-                         "benchmark fall back to NFQUEUE without it)")
-    up.add_argument("--prefix", default=PREFIX, metavar="uec-NAME-",
+    up.add_argument("--netem-delay", type=delay_ms, metavar="MS",
+                    help="one-way delay on the egress of every link interface, 1 to 10000 ms, "
+                         "by tc netem; default none (needs the kernel's sch_netem; the "
+                         "testbed world and the setup_time benchmark fall back to NFQUEUE "
+                         "without it)")
+    up.add_argument("--prefix", default=PREFIX, metavar="uec-NAME-", type=namespace_prefix,
                     help=f"namespace name prefix (default {PREFIX}); another prefix and "
                          "--state-dir make a second testbed beside the first")
     up.add_argument("--keep-partial", action="store_true",
@@ -64,13 +105,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     state_dir(up)
     up.set_defaults(func=_up)
 
-    down = commands.add_parser("down", help="remove everything `up` created")
+    down = commands.add_parser(
+        "down", help="remove everything `up` created",
+        **help_page("Remove exactly what `up` recorded under --state-dir (namespaces, "
+                    "rules, sysctls), nothing else.",
+                    ["sudo ueconnect testbed down",
+                     "sudo ueconnect testbed down --state-dir /tmp/lab1"]))
     state_dir(down)
     down.set_defaults(func=_down)
 
     status = commands.add_parser(
         "status", help=f"what is up (exit {STATUS_UP} up, {STATUS_PARTIAL} partial, "
-                       f"{STATUS_DOWN} down)")
+                       f"{STATUS_DOWN} down)",
+        **help_page("Say whether the testbed recorded under --state-dir is up, each "
+                    "namespace with its addresses, and namespaces named like the testbed's "
+                    "that nobody recorded.",
+                    ["sudo ueconnect testbed status"],
+                    f"exit status: {STATUS_UP} up, {STATUS_PARTIAL} partial (a failed up: run "
+                    f"down), {STATUS_DOWN} down."))
     state_dir(status)
     status.set_defaults(func=_status)
 

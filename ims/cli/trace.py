@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ims.cli.report import help_page
 from ims.trace import (
     TraceError,
     TraceLineProblem,
@@ -24,7 +25,15 @@ from ims.trace import (
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
-        "trace", help="show a SIP ladder trace: list its calls or draw one call")
+        "trace", help="show a SIP ladder trace: list its calls or draw one call",
+        **help_page(
+            "Read a ladder trace (the JSON Lines file an operator writes where its [trace] "
+            "path says, or `ueconnect demo` under --out) and list its calls, or draw one "
+            "call's SIP ladder in the terminal, and with --html as an HTML page. Default: the "
+            "most recent call, as wide as the terminal. Malformed lines are named and skipped.",
+            ["ueconnect trace ueconnect-demo/trace.jsonl --list",
+             "ueconnect trace ueconnect-demo/trace.jsonl",
+             "ueconnect trace alpha-trace.jsonl --call-id 3f2a9c --width 120 --html call.html"]))
     parser.add_argument("file", metavar="FILE", help="the JSON Lines trace ([trace] path)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--call-id", metavar="ID",
@@ -47,16 +56,40 @@ def _width(text: str) -> int:
     return value
 
 
-def _report(problem: TraceLineProblem) -> None:
-    print(problem, file=sys.stderr)
+MAX_PROBLEMS_SHOWN = 10  # malformed lines named one by one; the rest are counted
+
+
+class _Problems:
+    """Names the first malformed lines, counts the rest: a file that is not a trace at all
+    (a config file given by mistake) must not flood the terminal with a line per line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, problem: TraceLineProblem) -> None:
+        self.count += 1
+        if self.count <= MAX_PROBLEMS_SHOWN:
+            print(problem, file=sys.stderr)
+
+    def summary(self, path: Path) -> None:
+        more = self.count - MAX_PROBLEMS_SHOWN
+        if more > 0:
+            print(f"{path}: {more} more malformed line{'s' if more != 1 else ''} skipped",
+                  file=sys.stderr)
 
 
 def _trace(args: argparse.Namespace) -> int:
     path = Path(args.file)
+    problems = _Problems()
     try:
-        entries = read_trace(path, on_problem=_report)
+        entries = read_trace(path, on_problem=problems)
     except TraceError as exc:
         print(f"ueconnect trace: {exc}", file=sys.stderr)
+        return 1
+    problems.summary(path)
+    if problems.count and not entries:
+        print(f"ueconnect trace: {path} is not a ladder trace: none of its lines is a trace "
+              "entry; give the JSON Lines file of an operator's [trace] path", file=sys.stderr)
         return 1
     summaries = calls(entries)
     if args.list:

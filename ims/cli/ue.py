@@ -9,8 +9,9 @@ Each action drives ue_ua.client.UeClient exactly as a game would (docs/ue-guide.
 (Supported: ueconnect), answer permission inquiries from the file's [rules] and the --allow
 flags (an inquiry nothing allows is answered deny, and said so), accept connections, connect
 and exchange datagrams. Exit status: 0 done; 1 refused or failed (registration, connect, the
-connection lost); 2 usage (bad arguments, a config file with problems, a peer identifier that
-is not one); 130 interrupted during connect. `--check` alone: 0 the file is usable, 1 not.
+connection lost, a config file with problems); 2 usage (bad arguments, a peer identifier
+that is not one); 130 interrupted before register or connect finished (listen and register
+--stay exit 0 when stopped). `--check` alone: 0 the file is usable, 1 not.
 `run(args, stop=..., out=...)` is the same as a coroutine, for tests and embedding.
 """
 
@@ -20,15 +21,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
+from ims.cli.report import help_page, print_config_error
 from ims.cli.signals import stop_signals
 from ims.config import ConfigError, HostPort
+from ims.extension import InvalidTargetMno, parse_target_mno
 from ims.permission.bodies import Inquiry
 from ims.permission.errors import InvalidRuleSet
 from ims.permission.outcomes import Decision
@@ -69,17 +73,21 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # The payload of a connect datagram: "uec-ping SEQ". Its first byte is not 0-3, so it is never
 # taken for STUN (RFC 7983 section 7); the echo is the same bytes.
 PING = b"uec-ping "
+# Application-ID: an RFC 3261 section 25.1 token, at most 64 characters (as UeClient.connect
+# checks it, here before registering).
+_APPLICATION = re.compile(r"[A-Za-z0-9.!%*_+`'~-]{1,64}")
 MAX_COUNT = 100_000  # datagrams per connect run, and 10 s between them at most: bounded
 MAX_INTERVAL_MS = 10_000.0
 STOP_TIMEOUT = 20.0  # seconds the client gets to close (BYE, Expires: 0) on the way out
 
 _EXIT_CODES = """exit status:
   0    done (connect: connected, the datagrams were sent; --check: the file is usable)
-  1    refused or failed: registration refused, connect refused (the status, reason, cause
-       and what to do are printed), no path found, the connection lost; --check: problems
-  2    usage: bad arguments, a config file with problems, a peer or MNO identifier that is
-       not one
-  130  interrupted (Ctrl-C) during connect"""
+  1    refused or failed: a config file with problems, registration refused, connect
+       refused (the status, reason, cause and what to do are printed), no path found, the
+       connection lost
+  2    usage: bad arguments (a peer or MNO identifier that is not one, a value out of range)
+  130  interrupted (Ctrl-C) before register or connect finished; listen and register --stay
+       exit 0 when Ctrl-C or SIGTERM stops them"""
 
 # What a user can do about each refusal (docs/extension.md section 7); the error's own text
 # says what happened.
@@ -112,14 +120,16 @@ _OTHER_408 = ("no answer from the P-CSCF or beyond: check pcscf in the config fi
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "ue", help="run a UE from a UE config file: register, listen, connect",
-        description=(
+        **help_page(
             "A UE (ue_ua.client.UeClient) from the command line. FILE is a UE TOML file: [ue] "
             "name, impu, impi, password or password_file, home_domain, pcscf, bind_host, "
             "transport_policy, stun_server, setup_timeout; optional [rules], the standing "
             "permission rules (docs/ue-guide.md section 9). `ueconnect demo --serve` writes one "
-            "per demo subscriber."
-        ),
-        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+            "per demo subscriber.",
+            ["ueconnect ue --config bill.toml --check",
+             "ueconnect ue --config dave.toml listen --allow +15550100001 --echo",
+             "ueconnect ue --config bill.toml connect +15550100002 --mno 001-02"],
+            _EXIT_CODES),
     )  # fmt: skip
     parser.add_argument("--config", required=True, type=Path, metavar="FILE",
                         help="the UE's TOML file, e.g. ueconnect-demo/bill.toml")
@@ -130,23 +140,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     reg = actions.add_parser(
         "register", help="register, print the binding, un-register",
-        description="Register with the operator (digest auth, Supported: ueconnect), print the "
-        "binding the registrar granted, then un-register (Expires: 0) and exit; with --stay keep "
-        "the registration (refreshed) until Ctrl-C or SIGTERM.",
-        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **help_page(
+            "Register with the operator (digest auth, Supported: ueconnect), print the binding "
+            "the registrar granted, then un-register (Expires: 0) and exit; with --stay keep the "
+            "registration (refreshed) until Ctrl-C or SIGTERM.",
+            ["ueconnect ue --config bill.toml register",
+             "ueconnect ue --config bill.toml register --stay --expires 3600"],
+            _EXIT_CODES))
     reg.add_argument("--stay", action="store_true",
                      help="stay registered until Ctrl-C/SIGTERM, then un-register")
     reg.add_argument("--expires", type=_bounded_int(60, 86_400), default=600, metavar="S",
-                     help="the registration lifetime asked for, seconds (default 600)")
+                     help="the registration lifetime asked for, seconds, 60 to 86400 "
+                     "(default 600)")
 
     listen = actions.add_parser(
         "listen", help="register and accept connections until Ctrl-C",
-        description="Register, answer the operator's permission inquiries (the file's [rules], "
-        "then --allow / --allow-all; an inquiry nothing allows is answered deny, and the line "
-        "printed says how to allow it), accept each connection and print its path; with --echo "
-        "send every datagram back. Runs until Ctrl-C or SIGTERM (or, with --once, until the "
-        "first connection ends), then closes the connections (BYE) and un-registers.",
-        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **help_page(
+            "Register, answer the operator's permission inquiries (the file's [rules], then "
+            "--allow / --allow-all; an inquiry nothing allows is answered deny, and the line "
+            "printed says how to allow it), accept each connection and print its path; with "
+            "--echo send every datagram back. Runs until Ctrl-C or SIGTERM (or, with --once, "
+            "until the first connection ends), then closes the connections (BYE) and "
+            "un-registers. Default: only the file's [rules] allow anyone.",
+            ["ueconnect ue --config dave.toml listen --allow +15550100001 --echo",
+             "ueconnect ue --config dave.toml listen --allow-all --once"],
+            _EXIT_CODES))
     who = listen.add_mutually_exclusive_group()
     who.add_argument("--allow", action="append", default=[], metavar="PEER",
                      help="allow this caller (a number like +15550100001, a sip:/tel: URI, or "
@@ -159,31 +177,55 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     connect = actions.add_parser(
         "connect", help="connect to a peer UE, send datagrams, report echoes and RTT",
-        description="Register, ask the operator for a connection to PEER at operator MNO "
-        "(INVITE with Require: ueconnect and Target-MNO), send --count datagrams "
-        "(\"uec-ping N\") every --interval ms, count the echoes (a peer running `listen --echo` "
-        "sends them back) and report the path, the setup time and RTT p50/p95; then close "
-        "(BYE) and un-register. A refusal prints its status, reason phrase, cause and what "
-        "to do.",
-        epilog=_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        **help_page(
+            "Register, ask the operator for a connection to PEER at operator MNO (INVITE with "
+            "Require: ueconnect and Target-MNO), send --count datagrams (\"uec-ping N\") every "
+            "--interval ms, count the echoes (a peer running `listen --echo` sends them back) "
+            "and report the path, the setup time and RTT p50/p95; then close (BYE) and "
+            "un-register. A refusal prints its status, reason phrase, cause and what to do.",
+            ["ueconnect ue --config bill.toml connect +15550100002 --mno 001-02",
+             "ueconnect ue --config bill.toml connect tel:+15550100002 --mno 001-02 "
+             "--count 100 --interval 10 --json"],
+            _EXIT_CODES))
     connect.add_argument("peer", metavar="PEER",
                          help="the peer UE: a number (+15550100002), a sip:/tel: URI or "
                          "user@domain")
     connect.add_argument("--mno", required=True, metavar="MNO",
                          help="the peer's operator: its PLMN as MCC-MNC (001-02) or home domain")
     connect.add_argument("--count", type=_bounded_int(0, MAX_COUNT), default=10, metavar="N",
-                         help="datagrams to send (default 10; 0 only connects)")
+                         help=f"datagrams to send, 0 to {MAX_COUNT} (default 10; 0 only "
+                         "connects)")
     connect.add_argument("--interval", type=_bounded_float(0.0, MAX_INTERVAL_MS), default=20.0,
-                         metavar="MS", help="milliseconds between datagrams (default 20)")
+                         metavar="MS", help="milliseconds between datagrams, 0 to "
+                         f"{MAX_INTERVAL_MS:g} (default 20)")
     connect.add_argument("--wait", type=_bounded_float(0.0, 60_000.0), default=1000.0,
-                         metavar="MS", help="milliseconds to wait for the last echoes "
-                         "(default 1000)")
+                         metavar="MS", help="milliseconds to wait for the last echoes, 0 to "
+                         "60000 (default 1000)")
     connect.add_argument("--application", metavar="TOKEN",
                          help="the game's identifier, sent as Application-ID (what the peer's "
-                         "rules and inquiry see)")
+                         "rules and inquiry see; a SIP token); default: none")
     connect.add_argument("--json", action="store_true",
                          help="print one JSON object with the outcome instead of text")
     parser.set_defaults(func=_ue)
+
+
+def _connect_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with connect's PEER, --mno or --application, else None. Checked before
+    the file is read and anything is sent: a typo must not wait for the registration (nor
+    for its timeout, 32 s, RFC 3261 section 17.1.2.2 Timer F)."""
+    try:
+        peer_uri(args.peer)
+    except UeUsageError as exc:
+        return str(exc)
+    try:
+        parse_target_mno(args.mno)
+    except InvalidTargetMno as exc:
+        return (f"--mno {args.mno!r} is not an operator identifier ({exc.defect}); give the "
+                "peer's PLMN as MCC-MNC (e.g. 001-02) or its home domain")
+    if args.application is not None and not _APPLICATION.fullmatch(args.application):
+        return (f"--application {args.application!r} is not a SIP token (RFC 3261 section "
+                "25.1): letters, digits and .!%*_+`'~- only, at most 64")
+    return None
 
 
 def _bounded_int(low: int, high: int) -> Callable[[str], int]:
@@ -214,34 +256,45 @@ def _ue(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(run(args))
     except KeyboardInterrupt:
+        print(f"ueconnect ue {args.action}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
 async def run(args: argparse.Namespace, *, stop: asyncio.Event | None = None,
               out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run the parsed `ueconnect ue` command; the exit status. `stop` ends listen and register
-    --stay (default: SIGINT and SIGTERM set it); `out`/`err` default to stdout/stderr."""
+    --stay (0) and cuts a registration or connect short (130) (default: SIGINT and SIGTERM set
+    it); `out`/`err` default to stdout/stderr."""
     io = _Io(out or sys.stdout, err or sys.stderr)
+    if args.action is None and not args.check:  # usage before reading the file
+        io.error("ueconnect ue: give an ACTION (register, listen, connect) or --check; "
+                 "see `ueconnect ue --help`")
+        return EXIT_USAGE
+    problem = _connect_usage(args) if args.action == "connect" else None
+    if problem is not None:
+        io.error(f"ueconnect ue connect: {problem}")
+        return EXIT_USAGE
     try:
         config, rules = load_ue_config(args.config)
-    except ConfigError as exc:
-        io.error(str(exc))
-        count = len(exc.problems)
-        io.error(f"{args.config}: {count} problem{'s' if count != 1 else ''}")
-        return EXIT_FAILED if args.check else EXIT_USAGE
+    except ConfigError as exc:  # a file with problems fails as under `mno`: 1, not usage
+        print_config_error(exc, io.err)
+        return EXIT_FAILED
     if args.check:
         rules_text = "no [rules]" if rules is None else f"{len(rules.rules)} rule(s)"
         io.say(f"{args.config}: OK ({config.impu} via P-CSCF {HostPort(*config.pcscf)}, "
                f"transport policy {config.transport_policy}, {rules_text})")
         if args.action is None:
             return EXIT_OK
-    if args.action is None:
-        io.error("ueconnect ue: give an ACTION (register, listen, connect) or --check; "
-                 "see `ueconnect ue --help`")
-        return EXIT_USAGE
-    if args.action == "connect":
-        return await _connect(args, config, rules, io)  # Ctrl-C interrupts it (exit 130)
     async with _stopping(stop) as stopped:
+        if args.action == "connect":
+            # Ctrl-C or SIGTERM cuts it short (exit 130), closing on the way out (BYE,
+            # un-register) rather than leaving the operators a session and a binding.
+            finished, code = await _until_stopped(_connect(args, config, rules, io), stopped)
+            if finished:
+                assert code is not None
+                return code
+            io.error("ueconnect ue connect: interrupted; what was open is closed")
+            return EXIT_INTERRUPTED
         if args.action == "register":
             return await _register(args, config, rules, stopped, io)
         return await _listen(args, config, rules, stopped, io)
@@ -296,6 +349,44 @@ async def _registered(client: UeClient, action: str, io: _Io,
         return None
 
 
+_STOPPED = "stopped"
+_T = TypeVar("_T")
+
+
+async def _registered_unless_stopped(client: UeClient, action: str, io: _Io, stop: asyncio.Event,
+                                     expires: int = 600) -> Registered | str | None:
+    """`_registered`, or _STOPPED when `stop` (Ctrl-C, SIGTERM) is set first: a registrar
+    that does not answer must not hold off Ctrl-C until the REGISTER times out (32 s, RFC 3261
+    section 17.1.2.2 Timer F)."""
+    finished, registered = await _until_stopped(_registered(client, action, io, expires), stop)
+    if finished:
+        return registered
+    io.error(f"ueconnect ue {action}: stopped before the registrar answered; nothing is "
+             "registered")
+    return _STOPPED
+
+
+async def _until_stopped(work: Coroutine[object, object, _T],
+                         stop: asyncio.Event) -> tuple[bool, _T | None]:
+    """(True, the result of `work`) when it finishes first; (False, None) when `stop` is set
+    first, after cancelling `work` and letting its cleanup run (BYE, un-register)."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if task.done():
+        return True, task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False, None
+
+
 def _binding(config: UeConfig, client: UeClient, registered: Registered) -> str:
     contact = client.ua.contact
     routes = ", ".join(str(r) for r in registered.service_route) or "none"
@@ -314,8 +405,11 @@ async def _register(args: argparse.Namespace, config: UeConfig, rules: RuleBook 
     async with _client(config, rules, io, "register") as client:
         if client is None:
             return EXIT_FAILED
-        registered = await _registered(client, "register", io, args.expires)
-        if registered is None:
+        registered = await _registered_unless_stopped(client, "register", io, stop,
+                                                      args.expires)
+        if registered == _STOPPED:  # --stay is told to stop; a plain register is cut short
+            return EXIT_OK if args.stay else EXIT_INTERRUPTED
+        if not isinstance(registered, Registered):
             return EXIT_FAILED
         io.say(_binding(config, client, registered))
         if args.stay:
@@ -403,8 +497,10 @@ async def _listen(args: argparse.Namespace, config: UeConfig, rules: RuleBook | 
         client.on_incoming_failed = listener.failed
         watcher = asyncio.get_running_loop().create_task(listener.answers(client.agent.answers))
         try:
-            registered = await _registered(client, "listen", io)
-            if registered is None:
+            registered = await _registered_unless_stopped(client, "listen", io, stop)
+            if registered == _STOPPED:
+                return EXIT_OK
+            if not isinstance(registered, Registered):
                 return EXIT_FAILED
             io.say(_binding(config, client, registered))
             allowed = ("every caller" if args.allow_all else
@@ -465,7 +561,13 @@ def _refusal(exc: ConnectRefused) -> tuple[dict[str, object], str]:
 async def _connect(args: argparse.Namespace, config: UeConfig, rules: RuleBook | None,
                    io: _Io) -> int:
     outcome = _Outcome(args.peer, args.mno)
-    code = await _connect_run(args, config, rules, io, outcome)
+    try:
+        code = await _connect_run(args, config, rules, io, outcome)
+    except asyncio.CancelledError:
+        if args.json:  # the one object, even when cut short
+            outcome.error = outcome.error or "interrupted"
+            io.say(json.dumps(outcome.as_json()))
+        raise
     if args.json:
         io.say(json.dumps(outcome.as_json()))
     return code
