@@ -6,10 +6,15 @@ peer being in our trust domain (RFC 3325 section 2.3); initial requests go to th
 in-dialog ones along the route the border's Record-Route token carries.
 
 Egress (a request from our own elements): the peer operator is located through DNS
-(ims.dns.locator) from Target-MNO, else ENUM for a tel: Request-URI, else the SIP URI's
-domain; the request goes to the located border targets one after the other (RFC 3263
-section 4.3). Locator failures map to final responses: no such number 404, no such operator
-604, no usable target or no DNS answer 503 with Retry-After.
+(ims.dns.locator) in the order of docs/extension.md section 4: a tel: Request-URI by ENUM,
+whose SIP URI wins over Target-MNO (number portability), Target-MNO only when ENUM has no
+record; a sip: Request-URI by its domain, which a Target-MNO naming another operator
+contradicts (400). The request goes to the located border targets one after the other (RFC
+3263 section 4.3). Locator failures map to final responses: no such number 404, no such
+operator 604, no usable target or no DNS answer 503 with Retry-After. A `Require: ueconnect`
+request leaves with `Proxy-Require: ueconnect` (section 3), so that a peer operator without
+the extension must refuse it (420, RFC 3261 section 16.3 item 5); such a 420 reaches the
+caller as the section 7 outcome "callee's operator lacks the extension" (cause 6).
 
 Topology hiding (both ways): no Via, Record-Route or Path of an internal host leaves the
 operator. Egress requests carry only the border's Via (the proxy core rebuilds the Vias of
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 from ims.config import BorderConfig
@@ -39,17 +44,18 @@ from ims.dns.errors import (
 )
 from ims.dns.locator import Locator
 from ims.dns.plmn import mno_domain
-from ims.extension import target_mno_of
+from ims.extension import OPTION_TAG, option_tags, requires_extension, target_mno_of
 from ims.metrics import OperatorMetrics
 from ims.pcscf import open_token, pop_own_route, seal_token
+from ims.permission.outcomes import REASON_PROTOCOL, Outcome, response_of
 from ims.sip.address import Address
 from ims.sip.errors import ParseError, ProtocolError
-from ims.sip.headers import NameAddress
+from ims.sip.headers import NameAddress, reason_cause, split_list
 from ims.sip.message import Request, Response, make_response
 from ims.sip.proxy import Defer, Forward, Target
 from ims.sip.uri import SipUri, TelUri, Uri, parse_uri
 
-__all__ = ["Border", "DeferWork"]
+__all__ = ["Border", "DeferWork", "lacking_operator", "target_mno_contradiction"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,21 +165,42 @@ class Border:
         return self.defer(request, self._locate(request))
 
     async def _locate(self, request: Request) -> Forward | Response:
-        """RFC 3263 / RFC 6116: where the peer operator's border is."""
+        """RFC 3263 / RFC 6116: where the peer operator's border is, in the order of
+        docs/extension.md section 4."""
         uri: Uri = request.uri
         mno = None
+        mnc_lengths = self.locator.config.mnc_lengths
         try:
             mno = target_mno_of(request)
-            if mno is not None:
-                domain = mno_domain(mno.mno_id, self.locator.config.mnc_lengths)
-                targets = await self._lookup("plmn", self.locator.locate_operator(mno.mno_id))
-            elif isinstance(uri, TelUri):
-                uri = parse_uri(await self._lookup("enum", self.locator.enum_lookup(uri.e164)))
-                if not isinstance(uri, SipUri):
+            if isinstance(uri, TelUri):
+                # Section 4: ENUM first; a ported number's record names the operator that
+                # serves it now, whatever the caller believed (RFC 6116, RFC 4769).
+                try:
+                    found: Uri | None = parse_uri(
+                        await self._lookup("enum", self.locator.enum_lookup(uri.e164)))
+                except NoSuchNumber:
+                    if mno is None:
+                        raise
+                    found = None
+                if isinstance(found, SipUri):
+                    uri = found
+                    domain = uri.host.lower()
+                    if mno is not None:
+                        # Only worth a log line: ENUM decided, even for a Target-MNO
+                        # naming an MCC we have no MNC length for.
+                        logger.info("border %s: ENUM puts %s at %s (Target-MNO: %s)",
+                                    self.uri, request.uri, domain, mno.mno_id)
+                    targets = await self._lookup("rfc3263", self.locator.locate(domain))
+                elif mno is not None:
+                    domain = mno_domain(mno.mno_id, mnc_lengths)
+                    targets = await self._lookup(
+                        "plmn", self.locator.locate_operator(mno.mno_id))
+                else:
                     return make_response(request, 404, "Not Found (ENUM gave no SIP URI)")
-                domain = uri.host.lower()
-                targets = await self._lookup("rfc3263", self.locator.locate(domain))
             elif isinstance(uri, SipUri):
+                contradiction = target_mno_contradiction(request, mnc_lengths)
+                if contradiction is not None:
+                    return contradiction
                 domain = uri.host.lower()
                 targets = await self._lookup("rfc3263", self.locator.locate(domain))
             else:
@@ -211,9 +238,14 @@ class Border:
         logger.info("border %s: %s for %s to %s via %s", self.uri, request.method, uri, domain,
                     ", ".join(str(t.next_hop) for t in hops))
         internal = request.headers.get_all("Record-Route")
-        edited = request.with_headers(
-            request.headers.without("Record-Route", "Route", "P-Preferred-Identity")
-        )
+        headers = request.headers.without("Record-Route", "Route", "P-Preferred-Identity")
+        rewrite = self._unfold_response
+        if requires_extension(request):
+            # Section 3: the peer operator's proxies must support the extension, or refuse.
+            if OPTION_TAG not in option_tags(request, "Proxy-Require"):
+                headers = headers.appended("Proxy-Require", OPTION_TAG)
+            rewrite = self._unfold_lacking_response
+        edited = request.with_headers(headers)
         exhausted = self._failed(request, 503, "Service Unavailable",
                                  f"no border of {domain} answered", retry=True, log=False)
         return Forward(
@@ -222,10 +254,19 @@ class Border:
             record_route_uri=self._token_uri(internal),
             request=edited,
             hide_vias=True,
-            rewrite_response=self._unfold_response,
+            rewrite_response=rewrite,
             failover=True,
             exhausted=exhausted,
         )
+
+    def _unfold_lacking_response(self, response: Response) -> Response:
+        """`_unfold_response` for a request we sent with `Proxy-Require: ueconnect`: a peer's
+        420 naming our tag becomes the cause-6 refusal (section 7)."""
+        lacking = lacking_operator(response)
+        if lacking is not response:
+            logger.info("border %s: the peer operator lacks %s (420 %s)", self.uri, OPTION_TAG,
+                        response.reason)
+        return self._unfold_response(lacking)
 
     def _unfold_response(self, response: Response) -> Response:
         """A response to an egress request coming back in: our entry's internal Record-Route
@@ -295,6 +336,51 @@ class Border:
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             return None
         return values
+
+
+def target_mno_contradiction(
+    request: Request, mnc_lengths: Mapping[str, int]
+) -> Response | None:
+    """docs/extension.md section 4: a sip: Request-URI's domain names the peer operator, and
+    a Target-MNO naming another operator makes the request 400; None when they agree, when
+    either is absent, or for a tel: Request-URI (ENUM decides there). Raises InvalidTargetMno
+    (400) for a malformed Target-MNO."""
+    uri = request.uri
+    mno = target_mno_of(request)
+    if mno is None or not isinstance(uri, SipUri):
+        return None
+    domain = uri.host.lower().rstrip(".")
+    try:
+        named = mno_domain(mno.mno_id, mnc_lengths)
+    except DnsUsageError as exc:
+        return make_response(request, 400, f"Bad Request ({_phrase_safe(str(exc))})")
+    if named == domain:
+        return None
+    return make_response(
+        request, 400,
+        _phrase_safe(f"Bad Request (Target-MNO contradicts the Request-URI: {mno.mno_id} is "
+                     f"not {domain})"),
+    )
+
+
+def lacking_operator(response: Response) -> Response:
+    """docs/extension.md sections 3 and 7: a 420 whose Unsupported names `ueconnect` and that
+    carries no Reason of ours came from a peer operator without the extension (a proxy
+    refusing our Proxy-Require, RFC 3261 section 16.3 item 5, or a stock UE behind it
+    refusing Require, section 8.2.2.3): the caller gets cause 6. A 420 with our Reason (the
+    peer's cause 5, callee lacks it) and any other response are returned as they are."""
+    if response.status_code != 420:
+        return response
+    unsupported = [t for v in response.headers.get_all("Unsupported") for t in split_list(v)]
+    if OPTION_TAG not in unsupported:
+        return response
+    if reason_cause(response.headers.get_all("Reason"), REASON_PROTOCOL) is not None:
+        return response
+    final = response_of(Outcome.OPERATOR_LACKS_EXTENSION)
+    assert final.reason is not None
+    headers = response.headers.appended("Reason", final.reason)
+    return Response(final.status_code, final.reason_phrase, headers, response.body,
+                    response.version)
 
 
 def _names(uri: Uri, me: SipUri) -> bool:

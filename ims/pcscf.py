@@ -11,7 +11,9 @@ Its walk of a request:
   may use (the PPI if it is one of its P-Associated-URIs, else the default one: RFC 3325
   section 6, TS 24.229 section 5.2.6.3), the learned Service-Route as its Route, Record-Route.
 - A request from the operator's core (terminating): the flow token in the top Route (from
-  the Path, or from our Record-Route in a dialog) names the UE's flow: sent over it.
+  the Path, or from our Record-Route in a dialog) names the UE's flow: sent over it, without
+  the extension's operator-only header fields (Target-MNO, our Proxy-Require tag:
+  docs/extension.md sections 3 and 4).
 - Anything else: 403 naming the defect.
 
 CRLF keep-alives are answered by the transport (ims.sip.transport, RFC 5626 section 4.4.1).
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 
-from ims.extension import option_tags
+from ims.extension import OPTION_TAG, TARGET_MNO, option_tags
 from ims.sip.address import Address
 from ims.sip.errors import ParseError
 from ims.sip.headers import NameAddress
@@ -311,8 +313,9 @@ class Pcscf:
             flow = _open_flow(self.key, own.uri.user)
             if flow is None:
                 return make_response(request, 403, "Forbidden (invalid flow token)")
+        request = _for_the_ue(request)
         if request.to.tag is not None or request.method == "ACK":
-            return Forward((Target(request.uri, flow),))
+            return Forward((Target(request.uri, flow),), request=request)
         if flow is None:
             # No flow token names a UE flow: not a request for a UE registered here (a UE on
             # an element's host sending before it registered looks like this). RFC 5626
@@ -325,12 +328,30 @@ class Pcscf:
             (Target(request.uri, flow),),
             record_route=True,
             record_route_uri=self._record_route_uri(flow),
+            request=request,
         )
 
     def _record_route_uri(self, flow: Address) -> SipUri:
         """Our Record-Route carries the UE's flow (RFC 5626 section 5.3), so in-dialog
         requests from the core reach the UE over the flow it used."""
         return SipUri(host=self.uri.host, port=self.uri.port, user=_flow_token(self.key, flow))
+
+
+def _for_the_ue(request: Request) -> Request:
+    """The request without what only operators read (docs/extension.md): Target-MNO (section
+    4: the callee learns the caller's operator from the inquiry, as the network asserts it) and
+    the `ueconnect` tag of Proxy-Require (section 3: never forwarded to a UE); other
+    Proxy-Require tags stay. Unchanged when it has neither."""
+    headers = request.headers
+    if TARGET_MNO in headers:
+        headers = headers.without(TARGET_MNO)
+    tags = option_tags(request, "Proxy-Require")
+    if OPTION_TAG in tags:
+        headers = headers.without("Proxy-Require")
+        rest = [t for t in tags if t != OPTION_TAG]
+        if rest:
+            headers = headers.appended("Proxy-Require", ", ".join(rest))
+    return request if headers is request.headers else request.with_headers(headers)
 
 
 def _canonical(uri: str) -> str | None:

@@ -5,9 +5,12 @@ Its walk of a request:
 - REGISTER: the registrar (ims.registrar) answers it.
 - Originating (the top Route is our Service-Route, `orig` user part, RFC 3608): the caller
   is the P-Asserted-Identity the P-CSCF set. Require tags we do not know: 420 with
-  Unsupported (RFC 3261 section 8.2.2.3). The callee is one of our subscribers: terminating
-  processing right here (same operator); Request-URI or Target-MNO naming our own domain
-  without such a subscriber: 404; anything else: to our border.
+  Unsupported (RFC 3261 section 8.2.2.3). A sip: Request-URI whose domain Target-MNO
+  contradicts: 400 (docs/extension.md section 4). The callee is one of our subscribers:
+  terminating processing right here (same operator), whatever Target-MNO says (a number we
+  serve is ours, as our ENUM record says: section 4's portability rule); a sip: Request-URI
+  of our own domain without such a subscriber: 404; anything else, a tel: number not ours
+  included, to our border (ENUM first there).
 - Terminating (any other initial request, from our border or our own originating side): the
   Request-URI's subscriber's bindings, each contact a branch with its stored Path as Route
   (RFC 3327 section 5.3); none registered: 480; no such subscriber: 404.
@@ -32,10 +35,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from functools import partial
 
-from ims.border import DeferWork
-from ims.dns.errors import DnsUsageError
-from ims.dns.plmn import mno_domain
-from ims.extension import OPTION_TAG, TargetMno, option_tags, requires_extension, target_mno_of
+from ims.border import DeferWork, target_mno_contradiction
+from ims.extension import OPTION_TAG, option_tags, requires_extension, target_mno_of
 from ims.metrics import OperatorMetrics
 from ims.pcscf import pop_own_route
 from ims.permission.outcomes import REASON_PROTOCOL, Outcome, response_of
@@ -196,17 +197,21 @@ class Scscf:
             return make_response(
                 request, 403, "Forbidden (no asserted identity: originate through the P-CSCF)"
             )
-        target_mno = target_mno_of(request)
+        contradiction = target_mno_contradiction(request, self.mnc_lengths)
+        if contradiction is not None:
+            return contradiction
+        # docs/extension.md section 4: Target-MNO does not decide where a number is; a
+        # subscriber of ours (a number ported in included) is called here, and a tel: number
+        # that is not ours goes to the border, which asks ENUM before Target-MNO.
         callee = subscriber_for(self.store, request.uri)
-        ours = self._names_us(target_mno)
         helped = requires_extension(request)
-        if callee is not None and ours is not False:
+        if callee is not None:
             logger.info("S-CSCF %s: %s %s -> %s (same operator)", self.uri, request.method,
                         request.headers.get("P-Asserted-Identity"), request.uri)
             if helped:
                 return self._with_seams(request, (Leg.ORIGINATING, Leg.TERMINATING))
             return self._deliver(request, callee)
-        if ours or self._our_domain(request):
+        if self._our_domain(request):
             return _no_such_number(request, f"Not Found (no subscriber {request.uri} here)")
         if self.border is None:
             return make_response(request, 403, "Forbidden (no border configured for calls out)")
@@ -226,15 +231,6 @@ class Scscf:
             (Target(request.uri, self.border),), record_route=True, request=request,
             relay_503=True, rewrite_response=watch,
         )
-
-    def _names_us(self, target_mno: TargetMno | None) -> bool | None:
-        """Whether Target-MNO names this operator; None when there is none."""
-        if target_mno is None:
-            return None
-        try:
-            return mno_domain(target_mno.mno_id, self.mnc_lengths) == self.home_domain
-        except DnsUsageError:
-            return False  # an MCC we do not know: another operator's, the border decides
 
     def _our_domain(self, request: Request) -> bool:
         uri = request.uri

@@ -284,10 +284,13 @@ def test_inquiry_allowed_connects(tmp_path: Path) -> None:
             assert message.headers.get("Expires") == str(DEADLINE)
             assert message.headers.get("Content-Type") == INQUIRY_TYPE
             inquiry = w.apps["dave"].asked[0]
-            # Section 5.2: the inquiry's members, the caller as Alpha asserted it.
+            # Section 5.2: the inquiry's members, the caller as Alpha asserted it; the callee
+            # as called at Beta: the SIP URI Alpha's border had from ENUM (section 4: ENUM
+            # first for a tel: Request-URI, even with Target-MNO).
             assert (inquiry.caller, inquiry.caller_mno, inquiry.callee, inquiry.application,
                     inquiry.deadline, inquiry.reply_to) == (
-                BILL_SIP, ALPHA, DAVE, PONG, DEADLINE, f"sip:permission@{BETA}")
+                BILL_SIP, ALPHA, f"sip:+15550100002@{BETA}", PONG, DEADLINE,
+                f"sip:permission@{BETA}")
             record = _decision(w)
             assert (record.outcome, record.how, record.inquiry) == (
                 Outcome.ALLOWED, How.CONTACT, inquiry.inquiry)

@@ -21,7 +21,7 @@ from tests.test_operator_flows import ALPHA, HELP, run, world
     ("target", "extra", "status", "reason"),
     [
         ("tel:+15550109999", [], 404, "ueconnect;cause=7"),  # ENUM NXDOMAIN, at the border
-        ("tel:+15550100002", [("Target-MNO", "001-09")], 604, "ueconnect;cause=8"),  # locator
+        ("tel:+15550109999", [("Target-MNO", "001-09")], 604, "ueconnect;cause=8"),  # locator
         (f"sip:nobody@{ALPHA}", [], 404, "ueconnect;cause=7"),  # the originating S-CSCF
         ("tel:+15550100099", [("Target-MNO", "001-02")], 404, "ueconnect;cause=7"),  # at Beta
     ],
