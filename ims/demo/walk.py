@@ -1,4 +1,5 @@
-"""The scenario: its steps walked with the UE API in a running world."""
+"""The scenario: its steps walked with the UE API in a running world. `run_scenario` starts the
+world and prints the outcome; `DemoWalk` is the walk itself, one method per step."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from ims.config import HostPort
 from ims.demo.embedded_run import EmbeddedRun
@@ -27,6 +28,7 @@ from ims.embedded import DemoSubscriber, EmbeddedWorld
 from ims.permission.bodies import Inquiry
 from ims.permission.outcomes import Decision
 from ims.sip.errors import SipError
+from ims.sip.registration import Registered
 from ims.testbed.errors import TestbedError
 from ue_ua.client import UeClient
 from ue_ua.connection import Connection
@@ -74,8 +76,9 @@ async def run_scenario(out: Path, scenario: Scenario, as_json: bool,
         async with running(out, scenario, testbed) as world:
             started = True
             steps.trace = world.trace
-            await _walk(world, scenario, steps, report, view, interactive=interactive,
-                        in_testbed=testbed is not None)
+            walk = DemoWalk(world, scenario, steps, report, view, interactive=interactive,
+                            in_testbed=testbed is not None)  # fmt: skip
+            await walk.walk()
     except TestbedError as exc:
         if not started:
             raise  # the world did not start: _demo says so
@@ -101,301 +104,354 @@ async def run_scenario(out: Path, scenario: Scenario, as_json: bool,
     return 0
 
 
-async def _walk(world: World, scenario: Scenario, steps: Steps, report: Report,
-                view: TextIO, *, interactive: bool, in_testbed: bool) -> None:
-    """The steps, with the UE API; everything the UEs opened is closed on the way out and
-    what the operators still hold is counted into `report.leaked`."""
-    caller_sub = world.subscriber(scenario.caller)
-    callee_sub = world.subscriber(scenario.callee)
-    caller_name, callee_name = caller_sub.name, callee_sub.name
-    # On loopback the relay policy leaves the operators' relays as the only path.
-    expected: PathKind | None = scenario.testbed_path if in_testbed else "relay"
-    permission_function = f"{callee_sub.operator} permission function"
-    operators = sorted({caller_sub.operator, callee_sub.operator})
-    gateways = " and ".join(f"{name} connectivity gateway" for name in operators)
-    print(f"ueconnect demo ({scenario.name}): {scenario.summary}\n  world: {world.describe()}",
-          file=view)  # fmt: skip
-    if scenario.name == "relay" and not in_testbed:
-        print("  on the embedded default the relay IS the path, as in play: no CGN stands "
-              "between the UEs to refuse PCP (that needs --testbed), and the UEs use only the "
-              "operators' relay candidates", file=view)  # fmt: skip
-    asked: list[Inquiry] = []
+class DemoWalk:
+    """One walk of a scenario's steps in a running world, one method per step. What a step
+    hands on to the next lives here: the UEs' clients, what the lobby agreed, the connection
+    and the inquiries the callee's application answered."""
 
-    async def callee_decides(inquiry: Inquiry) -> Decision:
-        # The callee's game asks them; in the demo they answer at once.
-        asked.append(inquiry)
-        return scenario.decision
+    def __init__(self, world: World, scenario: Scenario, steps: Steps, report: Report,
+                 view: TextIO, *, interactive: bool, in_testbed: bool) -> None:
+        self.world, self.scenario, self.steps, self.report = world, scenario, steps, report
+        self.view = view  # stdout for the human view, stderr under --json
+        self.interactive = interactive  # --play
+        self.in_testbed = in_testbed
+        self.caller = world.subscriber(scenario.caller)
+        self.callee = world.subscriber(scenario.callee)
+        # On loopback the relay policy leaves the operators' relays as the only path.
+        self.expected: PathKind | None = scenario.testbed_path if in_testbed else "relay"
+        self.permission_function = f"{self.callee.operator} permission function"
+        self.operators = sorted({self.caller.operator, self.callee.operator})
+        self.gateways = " and ".join(f"{name} connectivity gateway" for name in self.operators)
+        self.clients: dict[str, UeClient] = {}  # by subscriber name, from the UE's start
+        self.asked: list[Inquiry] = []  # what the callee's application was asked
+        self.peer: Identity | None = None  # from the lobby: whom the caller connects to
+        self.rules: GameRules | None = None  # from the lobby: the game's rules
+        self.caller_conn: Connection | None = None  # the caller's connect()
+        self.callee_conn: Connection | None = None  # the callee's accept()
 
-    clients: dict[str, UeClient] = {}
-    conns: dict[str, Connection] = {}
-    lobby_peer: list[Identity] = []
-    agreed: list[GameRules] = []
-    try:
-        for sub in (caller_sub, callee_sub):
-
-            async def reg(sub: DemoSubscriber = sub) -> str:
-                config = world.ue_config(sub)
-                ask = callee_decides if sub is callee_sub else None
-
-                async def start() -> Any:
-                    client = await UeClient.start(config, ask=ask)
-                    clients[sub.name] = client
-                    return await client.register()
-
-                got = await world.on_ue(sub.name, start)
-                assoc = ", ".join(str(u) for u in got.associated_uris) or "-"
-                return f"200 OK, expires {got.expires} s, P-Associated-URI {assoc}"
-
-            await steps.run(f"{sub.name} registers at {sub.operator} (digest)", reg)
-
-        async def lobby() -> str:
-            url, close = await world.serve_lobby()
-            try:
-                rules, identity = await meet_in_lobby(world, url, caller_sub, callee_sub)
-            finally:
-                await close()
-            lobby_peer.append(identity)
-            agreed.append(rules)
-            return (
-                f"{caller_name} invites {callee_name}, who accepts; {rules.game} at "
-                f"{rules.tick_rate} ticks/s, first to {rules.points_to_win}, with "
-                f"{caller_name}'s UE as session server; {callee_name}'s UE forwards "
-                f"{identity.ue_id} at MNO {identity.mno_id}"
-            )
-
-        await steps.run("the game lobby: invite, rules, session server, identities", lobby)
-
-        async def locate() -> str:
-            return await world.locate(caller_sub.operator, callee_sub.e164,
-                                      plmn_of(callee_sub.operator))  # fmt: skip
-
-        where = (
-            f"where Alpha's border will find {callee_name} (ENUM, RFC 3263)"
-            if callee_sub.operator != caller_sub.operator
-            else f"where {callee_name} is: at {callee_sub.operator} itself (ENUM, RFC 3263)"
-        )
-        await steps.run(where, locate)
-
-        async def dial() -> Connection:
-            caller = clients[caller_name]
-            peer = lobby_peer[0]
-            made = await world.on_ue(caller_name, lambda: caller.connect(peer.ue_id, peer.mno_id))
-            conns["caller"] = made
-            return made
-
-        async def connect_both() -> tuple[Connection, Connection]:
-            """Bill's connect() and Dave's accept(), each in its UE's loop."""
-            callee = clients[callee_name]
-            wait = clients[caller_name].config.setup_timeout + ACCEPT_MARGIN
-
-            async def answered() -> Connection:
-                accepted = await world.on_ue(callee_name, lambda: callee.accept(wait))
-                conns["callee"] = accepted
-                return accepted
-
-            made = await both(dial(), answered())
-            return made, conns["callee"]
-
-        async def connect() -> str:
-            made, accepted = await connect_both()
-            report.connected = True
-            if not asked:
-                raise StepFailed(f"connected the call without asking {callee_name}",
-                                 role=permission_function)  # fmt: skip
-            report.permission = "granted"
-            path = made.path
-            assert path is not None  # just connected
-            report.path, report.setup_ms = path.kind, made.setup_ms
-            held = await holdings(world)
-            holding = "; ".join(f"{op} holds {held[op].describe()}" for op in operators)
-            if expected is None:
-                raise StepFailed(
-                    f"the UEs connected without operator help ({_path_text(path)}): were "
-                    "the CGNs symmetric?",
-                    role="the CGNs")  # fmt: skip
-            if path.kind != expected:
-                raise StepFailed(f"the ICE checks chose a {path.kind} path, {expected} was "
-                                 f"expected; {holding}", role=gateways)  # fmt: skip
-            inquiry = asked[0]
-            return (
-                f"{callee_sub.operator} asked {callee_name} (inquiry {inquiry.inquiry}: may "
-                f"{inquiry.caller} of {inquiry.caller_mno} connect?), {callee_name} answered "
-                f"allow; 200 OK and ACK; {holding}{world.cgn_summary()}; the ICE checks chose "
-                f"the {_path_text(path)}: connect() "
-                f"gave the Connection in {made.setup_ms:.1f} ms; {callee_name} saw "
-                f"{accepted.peer}"
-            )
-
-        async def refused_call() -> str:
-            since = time.time()
-            try:
-                await dial()
-            except ConnectRefused as refusal:
-                report.refusal = {"status": refusal.status, "reason": refusal.reason,
-                                  "cause": refusal.cause, "error": type(refusal).__name__}
-                if asked:
-                    report.permission = "denied"
-                # docs/extension.md section 7: the callee's UE denied -> 603, cause 2.
-                if not isinstance(refusal, DeniedByCallee) or refusal.status != 603:
-                    raise StepFailed(f"expected DeniedByCallee (603, cause 2), got "
-                                     f"{type(refusal).__name__}: {refusal}",
-                                     role=permission_function) from None  # fmt: skip
-                if not asked:
-                    raise StepFailed(f"refused without asking {callee_name}",
-                                     role=permission_function) from None  # fmt: skip
-                callee = clients[callee_name]
-                if await world.on_ue(callee_name, lambda: _sessions(callee)):
-                    raise StepFailed(f"{callee_name} was offered the call despite refusing",
-                                     role=permission_function) from None  # fmt: skip
-                _, reason = who_answered(world.trace, refusal.status, since, "INVITE")
-                return (
-                    f"{callee_sub.operator} asked {callee_name}, who answered deny; "
-                    f"{caller_name} got {refusal.status} {refusal.reason}, Reason "
-                    f"{reason or '-'}: connect() raised {type(refusal).__name__}"
-                )
-            report.connected = True
-            raise StepFailed(f"the call was connected although {callee_name} answered deny",
-                             role=permission_function)  # fmt: skip
-
-        async def alone() -> str:
-            try:
-                await connect_both()
-            except ConnectivityFailed as failed:
-                if asked:
-                    report.permission = "granted"
-                return (
-                    f"{callee_sub.operator} asked {callee_name}, who allowed; 200 OK and ACK; "
-                    f"no operator opened anything; the UEs checked their host and STUN "
-                    f"candidates across both symmetric CGNs and failed, as they must: "
-                    f"connect() raised ConnectivityFailed ({failed}) and sent BYE"
-                )
-            return await connect()  # connected: connect() names what should not have been
-
-        if scenario.refusal_expected:
-            await steps.run(
-                f"{caller_name} asks for {callee_name}; {callee_name}'s app refuses (603)",
-                refused_call,
-            )
-        elif expected is None:
-            timeout = world.ue_config(caller_sub).setup_timeout + 15
-            await steps.run(
-                f"{caller_name} tries to reach {callee_name} without operator help "
-                "(ICE with STUN across both CGNs): it must fail", alone, timeout=timeout,
-            )  # fmt: skip
-        else:
-            await steps.run(
-                f"{caller_name} asks {caller_sub.operator} to connect them to {callee_name}; "
-                f"{callee_sub.operator} asks {callee_name} for consent",
-                connect, timeout=25,
-            )  # fmt: skip
-        if scenario.refusal_expected or expected is None:
-
-            async def nothing_open() -> str:
-                await released(world)
-                return "no PCP mapping, relay leg or relay socket open at either operator"
-
-            await steps.run("nothing was left open at either operator", nothing_open)
-        else:
-            rules = agreed[0] if agreed else GameRules()
-            if interactive:
-                config = GameSessionConfig.from_rules(
-                    rules, ticks=rules.tick_rate * 60 * PLAY_MINUTES, idle_timeout=2.0
-                )
+    async def walk(self) -> None:
+        """The steps, in order; everything the UEs opened is closed on the way out and what
+        the operators still hold is counted into `report.leaked`."""
+        self._announce()
+        try:
+            for sub in (self.caller, self.callee):
+                await self.steps.run(f"{sub.name} registers at {sub.operator} (digest)",
+                                     functools.partial(self.register, sub))  # fmt: skip
+            await self.steps.run("the game lobby: invite, rules, session server, identities",
+                                 self.lobby)  # fmt: skip
+            await self.steps.run(self._where(), self.locate)
+            await self._call_step()
+            if self.scenario.refusal_expected or self.expected is None:
+                await self.steps.run("nothing was left open at either operator",
+                                     self.nothing_open)  # fmt: skip
             else:
-                config = GameSessionConfig.from_rules(
-                    rules, ticks=HEADLESS_TICKS, speedup=HEADLESS_SPEEDUP, idle_timeout=2.0
-                )
+                await self._play_step()
+                await self.steps.run(f"{self.caller.name} ends the session (BYE)", self.hang_up)
+            await self.steps.run("both UEs unregister", self.unregister)
+        finally:
+            await self.release_and_count()
 
-            async def play() -> str:
-                caller_conn, callee_conn = conns["caller"], conns["callee"]
-                path = caller_conn.path
-                assert path is not None  # connected
-                host, guest = (caller_name, caller_conn), (callee_name, callee_conn)
-                if interactive:
-                    print(f"\n  {caller_name} hosts the game; {callee_name}'s UE is a bot. "
-                          "Keys: w/s or the arrows move your paddle, q quits.\n",
-                          file=view, flush=True)  # fmt: skip
-                    with Terminal(view, caller_name, callee_name,
-                                   rules.points_to_win) as screen:  # fmt: skip
-                        result = await play_in_world(world, host, guest, config,
-                                                     host_move=screen.move,
-                                                     on_tick=screen.draw, stop=screen.quit)
-                else:
-                    result = await play_in_world(world, host, guest, config)
-                _count(report, result)
-                relayed = sum(h.relayed for h in (await holdings(world)).values())
-                least = 1 if interactive else DATAGRAMS
-                got = min(result.guest.received, result.host.received)
-                if got < least:
-                    raise StepFailed(
-                        f"{result.guest.received} of {result.host.sent} game datagrams "
-                        f"reached {callee_name}, {result.host.received} of "
-                        f"{result.guest.sent} reached {caller_name}; at least {least} "
-                        "each way were expected",
-                        role=f"the {path.kind} path ({gateways})",
-                    )
-                if (path.kind == "relay") != (relayed > 0):
-                    raise StepFailed(f"the path is {path.kind} but the relays forwarded "
-                                     f"{relayed} datagrams", role=gateways)  # fmt: skip
-                pace = (
-                    f"{config.tick_rate} ticks/s in real time" if interactive else
-                    f"{config.ticks} ticks at {config.tick_rate} ticks/s, run "
-                    f"{config.speedup:g}x faster than real time (headless)"
-                )  # fmt: skip
-                return (
-                    f"pong, {caller_name}'s UE the session server, {pace}, over the "
-                    f"Connection ({_path_text(path)}, "
-                    f"the relays forwarded {relayed} datagrams): "
-                    f"{caller_name} -> {callee_name} {result.host.sent} sent / "
-                    f"{result.guest.received} received, {callee_name} -> {caller_name} "
-                    f"{result.guest.sent} sent / {result.host.received} received; "
-                    f"{_rtt_line(result.host.rtt_ms)}\n{'':22}"
-                    f"{result.outcome(caller_name, callee_name)}"
-                )
+    def _announce(self) -> None:
+        print(f"ueconnect demo ({self.scenario.name}): {self.scenario.summary}\n"
+              f"  world: {self.world.describe()}", file=self.view)  # fmt: skip
+        if self.scenario.name == "relay" and not self.in_testbed:
+            print("  on the embedded default the relay IS the path, as in play: no CGN stands "
+                  "between the UEs to refuse PCP (that needs --testbed), and the UEs use only "
+                  "the operators' relay candidates", file=self.view)  # fmt: skip
 
-            play_time = config.ticks * config.interval + config.linger + 15
-            await steps.run(
-                f"{caller_name} and {callee_name} play pong over the connection "
-                f"({report.path or 'no'} path)", play, timeout=play_time,
+    async def _callee_decides(self, inquiry: Inquiry) -> Decision:
+        # The callee's game asks them; in the demo they answer at once.
+        self.asked.append(inquiry)
+        return self.scenario.decision
+
+    # -- register, lobby, locate ------------------------------------------------------------
+
+    async def register(self, sub: DemoSubscriber) -> str:
+        """`sub`'s UE starts (the callee's answering inquiries) and registers, in its loop."""
+        config = self.world.ue_config(sub)
+        ask = self._callee_decides if sub is self.callee else None
+
+        async def start() -> Registered:
+            client = await UeClient.start(config, ask=ask)
+            self.clients[sub.name] = client  # closed at the end even if register() fails
+            return await client.register()
+
+        got = await self.world.on_ue(sub.name, start)
+        assoc = ", ".join(str(u) for u in got.associated_uris) or "-"
+        return f"200 OK, expires {got.expires} s, P-Associated-URI {assoc}"
+
+    async def lobby(self) -> str:
+        caller, callee = self.caller.name, self.callee.name
+        url, close = await self.world.serve_lobby()
+        try:
+            rules, identity = await meet_in_lobby(self.world, url, self.caller, self.callee)
+        finally:
+            await close()
+        self.peer, self.rules = identity, rules
+        return (
+            f"{caller} invites {callee}, who accepts; {rules.game} at "
+            f"{rules.tick_rate} ticks/s, first to {rules.points_to_win}, with "
+            f"{caller}'s UE as session server; {callee}'s UE forwards "
+            f"{identity.ue_id} at MNO {identity.mno_id}"
+        )
+
+    def _where(self) -> str:
+        callee = self.callee
+        if callee.operator != self.caller.operator:
+            return f"where Alpha's border will find {callee.name} (ENUM, RFC 3263)"
+        return f"where {callee.name} is: at {callee.operator} itself (ENUM, RFC 3263)"
+
+    async def locate(self) -> str:
+        return await self.world.locate(self.caller.operator, self.callee.e164,
+                                       plmn_of(self.callee.operator))  # fmt: skip
+
+    # -- the call: connect, refused_call or alone, as the scenario expects -----------------
+
+    async def _call_step(self) -> None:
+        caller, callee = self.caller.name, self.callee.name
+        if self.scenario.refusal_expected:
+            await self.steps.run(
+                f"{caller} asks for {callee}; {callee}'s app refuses (603)", self.refused_call
+            )
+        elif self.expected is None:
+            timeout = self.world.ue_config(self.caller).setup_timeout + 15
+            await self.steps.run(
+                f"{caller} tries to reach {callee} without operator help "
+                "(ICE with STUN across both CGNs): it must fail", self.alone, timeout=timeout,
+            )  # fmt: skip
+        else:
+            await self.steps.run(
+                f"{caller} asks {self.caller.operator} to connect them to {callee}; "
+                f"{self.callee.operator} asks {callee} for consent",
+                self.connect, timeout=25,
             )  # fmt: skip
 
-            async def hang_up() -> str:
-                caller_conn, callee_conn = conns["caller"], conns["callee"]
-                await world.on_ue(caller_name, caller_conn.close)
-                await world.on_ue(callee_name,
-                                  lambda: asyncio.wait_for(callee_conn.wait_closed(), 5))
-                await released(world)
-                return (
-                    f"{caller_name}'s Connection.close() sent BYE; {callee_name}'s connection "
-                    "ended on it; every PCP mapping and relay released at both operators"
-                )
+    async def _dial(self) -> Connection:
+        """The caller's connect() to the peer the lobby named, in its UE's loop."""
+        client, peer = self.clients[self.caller.name], self.peer
+        assert peer is not None  # the lobby step behaved
+        self.caller_conn = await self.world.on_ue(
+            self.caller.name, lambda: client.connect(peer.ue_id, peer.mno_id)
+        )
+        return self.caller_conn
 
-            await steps.run(f"{caller_name} ends the session (BYE)", hang_up)
+    async def _connect_both(self) -> tuple[Connection, Connection]:
+        """The caller's connect() and the callee's accept(), each in its UE's loop."""
+        callee = self.clients[self.callee.name]
+        wait = self.clients[self.caller.name].config.setup_timeout + ACCEPT_MARGIN
 
-        async def unregister() -> str:
-            for name, client in list(clients.items()):
-                await world.on_ue(name, client.close)
-            left = await bindings(world, (caller_sub, callee_sub))
-            if left:
-                raise StepFailed(f"{left} bindings still in the operators' stores",
-                                 role="the S-CSCF (registrar)")  # fmt: skip
-            return ("both UeClients closed: un-registered (Expires: 0); no binding left in "
-                    "either store")  # fmt: skip
+        async def answered() -> Connection:
+            self.callee_conn = await self.world.on_ue(self.callee.name,
+                                                      lambda: callee.accept(wait))  # fmt: skip
+            return self.callee_conn
 
-        await steps.run("both UEs unregister", unregister)
-    finally:
+        made = await both(self._dial(), answered())
+        assert self.callee_conn is not None  # answered() returned
+        return made, self.callee_conn
+
+    async def connect(self) -> str:
+        made, accepted = await self._connect_both()
+        return await self._connected(made, accepted)
+
+    async def _connected(self, made: Connection, accepted: Connection) -> str:
+        """The call connected: the callee was asked, and the path is the one expected."""
+        self.report.connected = True
+        if not self.asked:
+            raise StepFailed(f"connected the call without asking {self.callee.name}",
+                             role=self.permission_function)  # fmt: skip
+        self.report.permission = "granted"
+        path = made.path
+        assert path is not None  # just connected
+        self.report.path, self.report.setup_ms = path.kind, made.setup_ms
+        held = await holdings(self.world)
+        holding = "; ".join(f"{op} holds {held[op].describe()}" for op in self.operators)
+        if self.expected is None:
+            raise StepFailed(
+                f"the UEs connected without operator help ({_path_text(path)}): were "
+                "the CGNs symmetric?",
+                role="the CGNs")  # fmt: skip
+        if path.kind != self.expected:
+            raise StepFailed(f"the ICE checks chose a {path.kind} path, {self.expected} was "
+                             f"expected; {holding}", role=self.gateways)  # fmt: skip
+        inquiry, callee = self.asked[0], self.callee.name
+        return (
+            f"{self.callee.operator} asked {callee} (inquiry {inquiry.inquiry}: may "
+            f"{inquiry.caller} of {inquiry.caller_mno} connect?), {callee} answered "
+            f"allow; 200 OK and ACK; {holding}{self.world.cgn_summary()}; the ICE checks chose "
+            f"the {_path_text(path)}: connect() "
+            f"gave the Connection in {made.setup_ms:.1f} ms; {callee} saw "
+            f"{accepted.peer}"
+        )
+
+    async def refused_call(self) -> str:
+        since = time.time()
+        try:
+            await self._dial()
+        except ConnectRefused as refusal:
+            return await self._refused(refusal, since)
+        self.report.connected = True
+        raise StepFailed(f"the call was connected although {self.callee.name} answered deny",
+                         role=self.permission_function)  # fmt: skip
+
+    async def _refused(self, refusal: ConnectRefused, since: float) -> str:
+        """The refusal is the callee's own (docs/extension.md section 7: the callee's UE
+        denied -> 603, cause 2) and nothing reached the callee's UE."""
+        callee = self.callee.name
+        self.report.refusal = {"status": refusal.status, "reason": refusal.reason,
+                               "cause": refusal.cause, "error": type(refusal).__name__}
+        if self.asked:
+            self.report.permission = "denied"
+        if not isinstance(refusal, DeniedByCallee) or refusal.status != 603:
+            raise StepFailed(f"expected DeniedByCallee (603, cause 2), got "
+                             f"{type(refusal).__name__}: {refusal}",
+                             role=self.permission_function) from None  # fmt: skip
+        if not self.asked:
+            raise StepFailed(f"refused without asking {callee}",
+                             role=self.permission_function) from None  # fmt: skip
+        client = self.clients[callee]
+        if await self.world.on_ue(callee, lambda: _sessions(client)):
+            raise StepFailed(f"{callee} was offered the call despite refusing",
+                             role=self.permission_function) from None  # fmt: skip
+        _, reason = who_answered(self.world.trace, refusal.status, since, "INVITE")
+        return (
+            f"{self.callee.operator} asked {callee}, who answered deny; "
+            f"{self.caller.name} got {refusal.status} {refusal.reason}, Reason "
+            f"{reason or '-'}: connect() raised {type(refusal).__name__}"
+        )
+
+    async def alone(self) -> str:
+        try:
+            made, accepted = await self._connect_both()
+        except ConnectivityFailed as failed:
+            if self.asked:
+                self.report.permission = "granted"
+            return (
+                f"{self.callee.operator} asked {self.callee.name}, who allowed; 200 OK and ACK; "
+                f"no operator opened anything; the UEs checked their host and STUN "
+                f"candidates across both symmetric CGNs and failed, as they must: "
+                f"connect() raised ConnectivityFailed ({failed}) and sent BYE"
+            )
+        return await self._connected(made, accepted)  # names what should not have been
+
+    async def nothing_open(self) -> str:
+        await released(self.world)
+        return "no PCP mapping, relay leg or relay socket open at either operator"
+
+    # -- play, hang_up ---------------------------------------------------------------------
+
+    async def _play_step(self) -> None:
+        rules = self.rules if self.rules is not None else GameRules()
+        if self.interactive:
+            config = GameSessionConfig.from_rules(
+                rules, ticks=rules.tick_rate * 60 * PLAY_MINUTES, idle_timeout=2.0
+            )
+        else:
+            config = GameSessionConfig.from_rules(
+                rules, ticks=HEADLESS_TICKS, speedup=HEADLESS_SPEEDUP, idle_timeout=2.0
+            )
+        play_time = config.ticks * config.interval + config.linger + 15
+        await self.steps.run(
+            f"{self.caller.name} and {self.callee.name} play pong over the connection "
+            f"({self.report.path or 'no'} path)", functools.partial(self.play, config),
+            timeout=play_time,
+        )  # fmt: skip
+
+    async def play(self, config: GameSessionConfig) -> str:
+        """The caller's UE hosts a game the callee's joins; enough datagrams each way, over
+        the relays exactly when the path is a relay path."""
+        caller, callee = self.caller.name, self.callee.name
+        assert self.caller_conn is not None  # connected
+        path = self.caller_conn.path
+        assert path is not None  # connected
+        result = await self._game(config)
+        _count(self.report, result)
+        relayed = sum(h.relayed for h in (await holdings(self.world)).values())
+        least = 1 if self.interactive else DATAGRAMS
+        if min(result.guest.received, result.host.received) < least:
+            raise StepFailed(
+                f"{result.guest.received} of {result.host.sent} game datagrams "
+                f"reached {callee}, {result.host.received} of "
+                f"{result.guest.sent} reached {caller}; at least {least} "
+                "each way were expected",
+                role=f"the {path.kind} path ({self.gateways})",
+            )
+        if (path.kind == "relay") != (relayed > 0):
+            raise StepFailed(f"the path is {path.kind} but the relays forwarded "
+                             f"{relayed} datagrams", role=self.gateways)  # fmt: skip
+        return self._played(config, path, relayed, result)
+
+    async def _game(self, config: GameSessionConfig) -> MatchResult:
+        """The game, headless, or with --play drawn in the terminal with the user's paddle."""
+        caller, callee = self.caller.name, self.callee.name
+        assert self.caller_conn is not None and self.callee_conn is not None  # connected
+        host, guest = (caller, self.caller_conn), (callee, self.callee_conn)
+        if not self.interactive:
+            return await play_in_world(self.world, host, guest, config)
+        print(f"\n  {caller} hosts the game; {callee}'s UE is a bot. "
+              "Keys: w/s or the arrows move your paddle, q quits.\n",
+              file=self.view, flush=True)  # fmt: skip
+        with Terminal(self.view, caller, callee, config.points_to_win) as screen:
+            return await play_in_world(self.world, host, guest, config, host_move=screen.move,
+                                       on_tick=screen.draw, stop=screen.quit)  # fmt: skip
+
+    def _played(self, config: GameSessionConfig, path: DataPath, relayed: int,
+                result: MatchResult) -> str:
+        caller, callee = self.caller.name, self.callee.name
+        pace = (
+            f"{config.tick_rate} ticks/s in real time" if self.interactive else
+            f"{config.ticks} ticks at {config.tick_rate} ticks/s, run "
+            f"{config.speedup:g}x faster than real time (headless)"
+        )  # fmt: skip
+        return (
+            f"pong, {caller}'s UE the session server, {pace}, over the "
+            f"Connection ({_path_text(path)}, "
+            f"the relays forwarded {relayed} datagrams): "
+            f"{caller} -> {callee} {result.host.sent} sent / "
+            f"{result.guest.received} received, {callee} -> {caller} "
+            f"{result.guest.sent} sent / {result.host.received} received; "
+            f"{_rtt_line(result.host.rtt_ms)}\n{'':22}"
+            f"{result.outcome(caller, callee)}"
+        )
+
+    async def hang_up(self) -> str:
+        caller, callee = self.caller.name, self.callee.name
+        caller_conn, callee_conn = self.caller_conn, self.callee_conn
+        assert caller_conn is not None and callee_conn is not None  # connected
+        await self.world.on_ue(caller, caller_conn.close)
+        await self.world.on_ue(callee, lambda: asyncio.wait_for(callee_conn.wait_closed(), 5))
+        await released(self.world)
+        return (
+            f"{caller}'s Connection.close() sent BYE; {callee}'s connection "
+            "ended on it; every PCP mapping and relay released at both operators"
+        )
+
+    # -- unregister, and what is left at the end -------------------------------------------
+
+    async def unregister(self) -> str:
+        for name, client in list(self.clients.items()):
+            await self.world.on_ue(name, client.close)
+        left = await bindings(self.world, (self.caller, self.callee))
+        if left:
+            raise StepFailed(f"{left} bindings still in the operators' stores",
+                             role="the S-CSCF (registrar)")  # fmt: skip
+        return ("both UeClients closed: un-registered (Expires: 0); no binding left in "
+                "either store")  # fmt: skip
+
+    async def release_and_count(self) -> None:
+        """Close what the steps left and count into `report.leaked` what is still held."""
         # close() is idempotent: after a failed step it ends what the steps left (BYE,
         # Expires: 0), each in its UE's loop.
         sessions = 0
-        for name, client in clients.items():
+        for name, client in self.clients.items():
             with contextlib.suppress(UeError, SipError, OSError, TimeoutError):
-                await world.on_ue(name, client.close)
-            sessions += await world.on_ue(name, functools.partial(_sessions, client))
+                await self.world.on_ue(name, client.close)
+            sessions += await self.world.on_ue(name, functools.partial(_sessions, client))
         with contextlib.suppress(StepFailed):
-            await released(world)  # bounded; after a failure the release may still run
-        report.leaked["mappings"], report.leaked["relays"] = await open_now(world)
-        report.leaked["sessions"] = sessions
-        report.leaked["registrations"] = await bindings(world, world.subscribers)
+            await released(self.world)  # bounded; after a failure the release may still run
+        leaked = self.report.leaked
+        leaked["mappings"], leaked["relays"] = await open_now(self.world)
+        leaked["sessions"] = sessions
+        leaked["registrations"] = await bindings(self.world, self.world.subscribers)
 
 
 def _path_text(path: DataPath) -> str:
