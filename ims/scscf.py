@@ -20,7 +20,10 @@ and the connectivity gateway (each leg) first (ims.seams), asynchronously. A Ses
 also sees the 2xx of such an INVITE, its in-dialog requests (refresh), and is told to release
 on the BYE, when every branch failed, or when the request was refused after it prepared.
 When completing the 2xx needs the network (PCP), the 2xx is held in the proxy core
-(ims.sip.proxy.Hold, through `hold`) until the gateway is done.
+(ims.sip.proxy.Hold, through `hold`) until the gateway is done. A CANCEL while the seams run
+(the core answers it 200 and the INVITE 487, RFC 3261 section 16.10) cancels the deferred
+work (`defer`'s task): the permission function withdraws its inquiry and records it as
+cancelled by the caller, and a leg being prepared is released.
 
 With `metrics`, a session starts at the first 2xx to an initial INVITE this S-CSCF routed
 and ends at the dialog's BYE (the S-CSCF Record-Routes, so the BYE passes here). Sessions
@@ -358,7 +361,14 @@ class Scscf:
                             request.uri, verdict.status_code, verdict.reason)
                 return make_response(request, verdict.status_code, verdict.reason,
                                      extra=list(verdict.headers))
-        decision = await self._prepare_and_route(request, legs, asking)
+        try:
+            decision = await self._prepare_and_route(request, legs, asking)
+        except asyncio.CancelledError:
+            # The caller's CANCEL came while a leg was being prepared (the proxy core
+            # answered 487, RFC 3261 section 16.10): nothing may stay open for it.
+            if isinstance(self.gateway, SessionGateway):
+                self._gateway_task(self.gateway.release(request.call_id))
+            raise
         if isinstance(decision, Response) and isinstance(self.gateway, SessionGateway):
             # Refused after a leg was prepared: nothing may stay open (section 5.1).
             self._gateway_task(self.gateway.release(request.call_id))

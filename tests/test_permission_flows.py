@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
@@ -19,18 +20,25 @@ from typing import Any
 
 import pytest
 
+from bench.sipp import Endpoint, SippRun, free_port, start_sipp
 from ims.cli import permission as permission_cli
 from ims.config import Role
 from ims.operator import Operator
 from ims.permission.audit import DecisionRecord, How
 from ims.permission.bodies import ANSWER_TYPE, INQUIRY_TYPE, Answer, Inquiry
 from ims.permission.outcomes import Decision, Outcome
-from ims.seams import ConnectRequest, Refusal
+from ims.scscf import Scscf
+from ims.seams import ConnectRequest, Leg, Refusal
 from ims.sip.address import Address
+from ims.sip.dialog import create_initial_request, with_sent_by
+from ims.sip.headers import NameAddress
 from ims.sip.message import Request, Response
+from ims.sip.proxy import Defer, Forward
+from ims.sip.transaction import make_cancel
 from ims.sip.uri import SipUri, parse_uri
 from ims.sip.useragent import CallFailed, IncomingCall, UserAgent
 from ims.store import Store
+from tests.interop.sipp import sipp_or_skip
 from tests.test_operator_flows import (
     ALPHA,
     BETA,
@@ -55,18 +63,29 @@ DEADLINE = 1
 
 @dataclass
 class RecordingGateway:
-    """Beta's connectivity gateway: records each request and how many decisions the store
-    held for it when asked (consent must come first)."""
+    """Beta's connectivity gateway (a SessionGateway, so that the S-CSCF releases it): records
+    each request and how many decisions the store held for it when asked (consent must come
+    first); a release is recorded as -1. With
+    `hold` set, `prepare` waits for it (a PCP request under way) after recording."""
 
     store: Store | None = None
     asked: list[tuple[str, int]] = field(default_factory=list)
+    hold: asyncio.Event | None = None
 
     async def prepare(self, request: ConnectRequest) -> Request | Refusal:
         assert self.store is not None
         decided = [d for d in self.store.decisions.list(DAVE, 100)
                    if d.call_id == request.call_id]
         self.asked.append((request.call_id, len(decided)))
+        if self.hold is not None:
+            await self.hold.wait()
         return request.request
+
+    def complete(self, call_id: str, response: Response) -> Response:
+        return response
+
+    async def refresh(self, request: Request) -> None:
+        return None
 
     async def release(self, call_id: str) -> None:
         self.asked.append((call_id, -1))
@@ -115,12 +134,13 @@ async def _agent(stack: AsyncExitStack, name: str, ops: dict[str, Operator], app
 
 @asynccontextmanager
 async def world(tmp_path: Path, *, register: tuple[str, ...] = ("bill", "dave"),
-                plain: tuple[str, ...] = (), second_dave: bool = False
-                ) -> AsyncIterator[World]:
-    """Alpha and Beta with [permission]; `register` UEs with Supported: ueconnect, `plain`
-    ones without; `second_dave` a second device of Dave ("dave2"), with the extension."""
+                plain: tuple[str, ...] = (), second_dave: bool = False,
+                deadline: int = DEADLINE) -> AsyncIterator[World]:
+    """Alpha and Beta with [permission] (`deadline` seconds); `register` UEs with Supported:
+    ueconnect, `plain` ones without; `second_dave` a second device of Dave ("dave2"), with the
+    extension."""
     async with AsyncExitStack() as stack:
-        permission = f"\n[permission]\ndeadline = {DEADLINE}\n"
+        permission = f"\n[permission]\ndeadline = {deadline}\n"
         made: list[RecordingGateway] = []
 
         def recording(store: Store) -> RecordingGateway:
@@ -440,6 +460,237 @@ def test_ue_refuses_inquiry_not_from_its_p_cscf(tmp_path: Path) -> None:
                 await intruder.close()
 
     run(scenario())
+
+
+# --- the caller's CANCEL during the inquiry (section 5.5; RFC 3261 sections 9, 16.10) ---------
+
+# The proxy core must stop a deferred routing step when a CANCEL ends the request; the
+# S-CSCF's permission wait is such a step (ims.sip.proxy.Defer.on_cancel).
+_CANCEL_HOOK = "on_cancel" in {f.name for f in dataclasses.fields(Defer)}
+needs_cancel_hook = pytest.mark.skipif(
+    not _CANCEL_HOOK, reason="the proxy core does not yet tell a deferring role of a CANCEL: "
+    "needs Defer.on_cancel in ims/sip/proxy.py, set by ims.operator.Element.defer")
+CANCEL_DEADLINE = 5  # long enough that learning of the CANCEL at the deadline shows
+ALPHA_PEER_HOST = "127.0.1.20"  # in Alpha's network as the world's Beta admits it
+
+
+@dataclass
+class Cancelled:
+    """What Bill's side saw of an INVITE it cancelled during Dave's inquiry."""
+
+    invite: Request
+    cancel: Response
+    final: Response
+    inquiry: Inquiry
+    withdrawn_after: float  # seconds from the CANCEL to Dave's withdrawal
+
+
+async def _cancel_during_inquiry(w: World) -> Cancelled:
+    """Bill's UA sends the INVITE, waits for Dave's inquiry, then CANCELs (RFC 3261 section
+    9.1: the CANCEL is built from the INVITE as sent, after a provisional came)."""
+    bill = w.agents["bill"].ua
+    hop = bill.outbound_proxy
+    assert hop is not None and bill.contact is not None
+    invite = create_initial_request(
+        "INVITE", parse_uri(DAVE), from_=NameAddress(bill.aor), to=parse_uri(DAVE),
+        ids=bill.ids, contact=bill.contact, route_set=bill.route_set, extra=CALL)
+    transport = bill.stack.transport_for(hop)
+    assert transport is not None
+    invite = with_sent_by(invite, transport.local)
+    provisional = asyncio.Event()
+    outcome = asyncio.create_task(bill.stack.request(
+        invite, hop, on_provisional=lambda _: provisional.set()))
+    inquiry = await asyncio.wait_for(w.agents["dave"].inquiries.get(), 5)
+    await asyncio.wait_for(provisional.wait(), 5)
+    cancelled_at = time.monotonic()
+    cancel = await bill.stack.request(make_cancel(invite), hop)
+    final = await asyncio.wait_for(outcome, 5)
+    withdrawn = await asyncio.wait_for(w.agents["dave"].withdrawn.get(), CANCEL_DEADLINE + 2)
+    assert withdrawn == inquiry.inquiry
+    return Cancelled(invite, cancel, final, inquiry, time.monotonic() - cancelled_at)
+
+
+@needs_cancel_hook
+def test_5_5_caller_cancel_during_inquiry_ends_it_at_once(tmp_path: Path) -> None:
+    """RFC 3261 sections 9.2 / 16.10: the CANCEL is answered 200 and the INVITE 487; section
+    5.5: Dave's inquiry is withdrawn at once (not at the deadline), the decision recorded as
+    cancelled by the caller; section 5.4: Dave's answer afterwards is 410 and opens nothing."""
+    async def scenario() -> None:
+        async with world(tmp_path, deadline=CANCEL_DEADLINE) as w:
+            seen = await _cancel_during_inquiry(w)
+            assert seen.cancel.status_code == 200
+            assert (seen.final.status_code, seen.final.reason) == (487, "Request Terminated")
+            assert seen.withdrawn_after < CANCEL_DEADLINE / 2
+            record = _decision(w)
+            assert (record.outcome, record.how, record.inquiry, record.call_id) == (
+                Outcome.CANCELLED, How.CANCEL, seen.inquiry.inquiry, seen.invite.call_id)
+            late = await w.agents["dave"].ua.send_request(
+                "MESSAGE", parse_uri(seen.inquiry.reply_to), content_type=ANSWER_TYPE,
+                body=Answer(seen.inquiry.inquiry, Decision.ALLOW, cache_for=600).encode())
+            assert (late.status_code, late.reason) == (410, "Gone (the caller cancelled)")
+            assert _decision(w).outcome is Outcome.CANCELLED  # unchanged, nothing cached
+            assert w.gateway.asked == []  # nothing prepared for a caller that left
+            assert w.agents["dave"].ua.incoming.empty()
+
+    run(scenario())
+
+
+def test_5_5_cancelled_permission_wait_records_and_withdraws(tmp_path: Path) -> None:
+    """The S-CSCF's side of a CANCEL: when its deferred routing is cancelled, the permission
+    function's wait ends as "cancelled by the caller" and Dave's inquiry is withdrawn."""
+    async def scenario() -> None:
+        async with world(tmp_path, deadline=CANCEL_DEADLINE) as w:
+            assert w.beta.permission is not None
+            invite = _terminating_invite(w)
+            ask = ConnectRequest(Leg.TERMINATING, BILL_SIP, DAVE_SIP, invite.call_id, None,
+                                 invite)
+            check = asyncio.create_task(w.beta.permission.check(ask))
+            inquiry = await asyncio.wait_for(w.agents["dave"].inquiries.get(), 5)
+            check.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await check
+            withdrawn = await asyncio.wait_for(w.agents["dave"].withdrawn.get(), 2)
+            assert withdrawn == inquiry.inquiry
+            record = _decision(w)
+            assert (record.outcome, record.how, record.call_id) == (
+                Outcome.CANCELLED, How.CANCEL, invite.call_id)
+            assert w.beta.permission.decider.open_inquiries() == ()
+
+    run(scenario())
+
+
+def test_cancel_while_the_gateway_prepares_releases_it(tmp_path: Path) -> None:
+    """Section 11, nothing stays open: a CANCEL that stops the S-CSCF's deferred routing
+    while Beta's gateway is preparing Dave's side (after an allow) releases that side."""
+    async def scenario() -> None:
+        async with world(tmp_path) as w:
+            assert (await _publish(w, "dave", _rules(
+                {"id": "friends", "action": "allow", "peer": BILL_SIP}))).status_code == 200
+            w.gateway.hold = asyncio.Event()
+            scscf = w.beta.elements_of(Role.SCSCF)[0].router
+            assert isinstance(scscf, Scscf)
+            deferred: list[Awaitable[Forward | Response]] = []
+
+            def defer(request: Request, work: Awaitable[Forward | Response]) -> Defer:
+                deferred.append(work)
+                return Defer(request.call_id)
+
+            scscf.defer = defer
+            invite = _terminating_invite(w)
+            assert isinstance(scscf(invite, w.beta.address(Role.BORDER)), Defer)
+            routing = asyncio.ensure_future(deferred[0])
+            for _ in range(200):  # bounded: the gateway is asked once the rule allowed
+                if w.gateway.asked:
+                    break
+                await asyncio.sleep(0.01)
+            assert w.gateway.asked == [(invite.call_id, 1)]
+            routing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await routing
+            await asyncio.sleep(0.05)  # the release runs as its own task
+            assert w.gateway.asked == [(invite.call_id, 1), (invite.call_id, -1)]
+
+    run(scenario())
+
+
+# sipp as the caller's operator: a real, independent CANCEL reaching Beta's border.
+_SIPP_CANCEL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="ueconnect: CANCEL during the permission inquiry">
+  <send>
+    <![CDATA[
+INVITE sip:+15550100002@{beta} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-w5-[pid]-[call_number]
+Max-Forwards: 70
+From: <sip:+15550100001@{alpha}>;tag=w5-[call_number]
+To: <tel:+15550100002>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: <sip:+15550100001@[local_ip]:[local_port]>
+P-Asserted-Identity: <sip:+15550100001@{alpha}>
+Require: ueconnect
+Supported: ueconnect
+Proxy-Require: ueconnect
+Application-ID: {app}
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="100"/>
+  <pause milliseconds="{pause}"/>
+  <send>
+    <![CDATA[
+CANCEL sip:+15550100002@{beta} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-w5-[pid]-[call_number]
+Max-Forwards: 70
+From: <sip:+15550100001@{alpha}>;tag=w5-[call_number]
+To: <tel:+15550100002>
+Call-ID: [call_id]
+CSeq: 1 CANCEL
+Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send>
+    <![CDATA[
+ACK sip:+15550100002@{beta} SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=z9hG4bK-w5-[pid]-[call_number]
+Max-Forwards: 70
+From: <sip:+15550100001@{alpha}>;tag=w5-[call_number]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"""
+
+
+@needs_cancel_hook
+def test_5_5_sipp_cancel_at_the_border_withdraws_the_inquiry(tmp_path: Path) -> None:
+    """sipp, standing in for Alpha's border (a peer Beta admits), CANCELs its INVITE while
+    Dave is asked: 200 and 487 come back at once (RFC 3261 sections 9.2, 16.10), Dave's
+    inquiry is withdrawn long before the deadline, the decision is cancelled by the caller."""
+    sipp = sipp_or_skip()
+    scenario_file = tmp_path / "uac_cancel_inquiry.xml"
+    scenario_file.write_text(_SIPP_CANCEL.format(alpha=ALPHA, beta=BETA, app=PONG, pause=300),
+                             encoding="ascii")
+
+    async def scenario() -> None:
+        async with world(tmp_path, register=("dave",), deadline=CANCEL_DEADLINE) as w:
+            border = w.beta.address(Role.BORDER)
+            # Alpha's network as Beta's border admits it (admit_from 127.0.1.0/24).
+            local = Endpoint(ALPHA_PEER_HOST, free_port(ALPHA_PEER_HOST))
+            run = SippRun(scenario=scenario_file, local=local,
+                          remote=Endpoint(border.host, border.port), deadline=CANCEL_DEADLINE,
+                          trace_messages=True)
+            started = time.monotonic()
+            with start_sipp(run, tmp_path / "sipp", sipp) as peer:
+                inquiry = await asyncio.wait_for(w.agents["dave"].inquiries.get(), 5)
+                withdrawn = await asyncio.wait_for(w.agents["dave"].withdrawn.get(),
+                                                   CANCEL_DEADLINE)
+                assert withdrawn == inquiry.inquiry
+                assert time.monotonic() - started < CANCEL_DEADLINE / 2
+                result = await peer.wait_async(CANCEL_DEADLINE)
+            assert result.ok, result.describe()
+            record = _decision(w)
+            assert (record.outcome, record.how, record.inquiry) == (
+                Outcome.CANCELLED, How.CANCEL, inquiry.inquiry)
+            assert w.gateway.asked == []
+
+    run(scenario())
+
+
+def _terminating_invite(w: World) -> Request:
+    """Bill's INVITE as Beta's S-CSCF gets it from Beta's border (asserted, Require)."""
+    bill = w.agents["bill"].ua
+    return create_initial_request(
+        "INVITE", parse_uri(DAVE_SIP), from_=NameAddress(bill.aor), to=parse_uri(DAVE),
+        ids=bill.ids, contact=bill.contact,
+        extra=[*HELP, ("Application-ID", PONG), ("P-Asserted-Identity", f"<{BILL_SIP}>")])
 
 
 # --- PUBLISH of the rules (section 6.3) -------------------------------------------------------

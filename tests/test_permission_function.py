@@ -312,14 +312,53 @@ def test_11_open_inquiries_are_bounded_per_callee_and_caller() -> None:
                         T0 + 10), SendInquiry)
 
 
-def test_same_call_twice_is_api_misuse_and_cancel_withdraws() -> None:
+def test_same_call_twice_is_api_misuse() -> None:
     d = decider()
     start(d)
     with pytest.raises(PermissionUsageError):
         d.begin(query(), (PHONE,), T0)
-    withdrawals = only(d.cancel("c1", T0 + 1), SendWithdrawal)
+
+
+def test_5_5_caller_cancel_records_cancelled_and_withdraws_every_contact() -> None:
+    """RFC 3261 sections 9.2 / 16.10: the caller's CANCEL ends the wait at once; the decision
+    is "cancelled by the caller" (not "no answer", section 11), every contact asked gets the
+    section 5.5 withdrawal, and the deadline no longer fires."""
+    d = decider()
+    inquiry, _ = start(d)
+    actions = d.cancel("c1", T0 + 1)
+    [decided] = only(actions, Decided)
+    assert (decided.outcome, decided.how, decided.record.inquiry, decided.record.at) == (
+        Outcome.CANCELLED, How.CANCEL, inquiry, T0 + 1)
+    assert str(decided.outcome) == "cancelled by the caller" and not decided.allowed
+    withdrawals = only(actions, SendWithdrawal)
     assert {w.contact for w in withdrawals} == {PHONE, TABLET}
+    assert all(json.loads(w.body) == {"version": 1, "inquiry": inquiry, "withdrawn": True}
+               for w in withdrawals)
     assert d.get_timer() is None and d.handle_timer(T0 + 20) == []
+    assert d.open_inquiries() == () and d.cancel("c1", T0 + 2) == []
+    # A contact whose MESSAGE already failed is not sent a withdrawal.
+    d = decider()
+    start(d, call_id="c2")
+    d.inquiry_failed("q-0000000000000001", TABLET, T0 + 0.5)
+    assert [w.contact for w in only(d.cancel("c2", T0 + 1), SendWithdrawal)] == [PHONE]
+
+
+def test_5_4_answer_after_the_caller_cancelled_is_410_and_changes_nothing() -> None:
+    """Section 5.4: an answer counts only for an open inquiry; section 5.3: a cancelled one is
+    gone (410). A late allow with cache_for must not become a cached consent either."""
+    d = decider()
+    inquiry, _ = start(d)
+    d.cancel("c1", T0 + 1)
+    late = d.answer(DAVE_SIP, PHONE, answer(inquiry, cache_for=3600), T0 + 2)
+    assert late == [AnswerIgnored(410, "Gone (the caller cancelled)", T0 + 2, DAVE_SIP, PHONE,
+                                  inquiry)]
+    # The same caller again: no cached decision, a fresh inquiry.
+    assert only(d.begin(query("c2"), (PHONE,), T0 + 3), SendInquiry)
+    # Cancelling when nothing waits (decided by rule, or already decided) does nothing.
+    d2 = decider()
+    inquiry2, _ = start(d2)
+    d2.answer(DAVE_SIP, PHONE, answer(inquiry2), T0 + 1)
+    assert d2.cancel("c1", T0 + 2) == []
 
 
 def test_config_limits_deadline() -> None:
@@ -402,14 +441,15 @@ def _section_7_rows() -> list[tuple[str, int, str, str]]:
 def test_7_outcome_table_matches_the_spec() -> None:
     rows = _section_7_rows()
     assert len(rows) == len(Outcome)
+    # The outcomes without a Reason (the 200, the 487 of a CANCEL) are told apart by status.
     by_cause = {}
     for outcome in Outcome:
         r = response_of(outcome)
-        by_cause[r.cause] = (outcome, r)
+        by_cause[r.cause or -r.status_code] = (outcome, r)
     for what, status, phrase, reason in rows:
         m = re.search(r"cause=(\d+)", reason)
         cause = int(m.group(1)) if m else None
-        outcome, r = by_cause[cause]
+        outcome, r = by_cause[cause or -status]
         assert (r.status_code, r.reason_phrase) == (status, phrase), what
         if cause is None:
             assert r.reason is None and reason == "-"

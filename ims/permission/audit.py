@@ -3,6 +3,7 @@
 A `DecisionRecord` says when, who called (the asserted identity and its operator), whom, for
 which application, the outcome, how it was reached (`How` and a `detail`: the rule id, the
 answering contact, the inquiry a cached decision came from) and the inquiry identifier.
+An inquiry the caller cancelled is recorded too (`Outcome.CANCELLED`, `How.CANCEL`).
 Records stay at the operator (the store's `decisions` table); `shown_caller` is what the
 subscriber may be shown, which hides a caller that asked for privacy (RFC 3323).
 """
@@ -31,6 +32,7 @@ class How(enum.StrEnum):
     NOT_REGISTERED = "not registered"  # section 5.1 step 1
     NO_CAPABLE_CONTACT = "no ueconnect contact"  # section 5.1 step 4
     LIMIT = "open inquiry limit"  # section 11, resource exhaustion
+    CANCEL = "caller's CANCEL"  # the caller cancelled during the inquiry (section 5.5)
 
 
 @dataclass(frozen=True)

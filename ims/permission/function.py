@@ -8,6 +8,7 @@ and returns actions to carry out; `get_timer()` says when `handle_timer(now)` is
     answer(from_identity, via, body, now)   ->  [AnswerTaken, Decided, SendWithdrawal, ...]
                                             or  [AnswerIgnored]            (403 / 410 / 400)
     inquiry_failed(inquiry, contact, now)   ->  [] or [Decided, ...]       (all contacts failed)
+    cancel(call_id, now)                    ->  [] or [Decided, SendWithdrawal, ...] (CANCEL)
     handle_timer(now)                       ->  [Decided, SendWithdrawal, ...] (deadlines)
 
 The order of section 5.1: no binding -> 480; a matching rule decides; a cached decision
@@ -393,14 +394,15 @@ class PermissionDecider:
                            why="inquiry already decided")
 
     def cancel(self, call_id: str, now: float) -> list[Action]:
-        """The caller gave up (CANCEL, RFC 3261 section 9): withdraw the open inquiry. No
-        decision is made; nothing is recorded."""
-        inquiry = self._by_call.pop(call_id, None)
+        """The caller gave up while its inquiry was open (a CANCEL, RFC 3261 sections 9.2 and
+        16.10: the INVITE was answered 487): the inquiry ends as "cancelled by the caller"
+        (recorded, section 11), every contact still asked gets the withdrawal and a later
+        answer gets 410 (section 5.5). [] when no inquiry of `call_id` is open."""
+        inquiry = self._by_call.get(call_id)
         if inquiry is None:
             return []
-        state = self._inquiries[inquiry]
-        state.closed_at, state.closed_why = now, "the caller cancelled"
-        return self._withdrawals(state, answered=None)
+        return self._close(self._inquiries[inquiry], now, Outcome.CANCELLED, How.CANCEL,
+                           why="the caller cancelled")
 
     def handle_timer(self, now: float) -> list[Action]:
         """Decide every inquiry whose deadline has come: silence is a refusal (section 5.1)."""

@@ -47,6 +47,7 @@ class Outcome(enum.StrEnum):
     PEER_UNREACHABLE = "peer operator unreachable"
     NO_DATA_PATH = "no data path"
     TOO_MANY_INQUIRIES = "too many inquiries"
+    CANCELLED = "cancelled by the caller"  # a CANCEL ended the inquiry (section 5.5)
 
     @property
     def allowed(self) -> bool:
@@ -100,6 +101,8 @@ _RESPONSES: dict[Outcome, FinalResponse] = {
     Outcome.NO_DATA_PATH: _refusal(488, "Not Acceptable Here (no data path)", 10),
     Outcome.TOO_MANY_INQUIRIES: _refusal(
         486, "Busy Here (too many permission inquiries)", 11, "too many inquiries"),
+    # RFC 3261 section 9.2 / 16.10: the proxy that received the CANCEL answers 487 itself.
+    Outcome.CANCELLED: FinalResponse(487, "Request Terminated", None, None),
 }
 
 

@@ -7,6 +7,8 @@
   5.2 and 5.5) from the service's own UAC stack, along each binding's Path, so that they
   reach the UE over the flow it registered on; the deadline runs on one timer re-armed from
   `get_timer()`. Every decision is recorded in the store's `decisions` table (section 11).
+  Cancelling the `check` task (the caller's CANCEL) ends the inquiry at once: recorded as
+  cancelled by the caller, withdrawn at every contact asked (section 5.5).
 - `receive(Request)` (a `PermissionEndpoint`): an answer MESSAGE sent to the function's URI
   (section 5.3) and a rules PUBLISH with `Event: ueconnect-rules` (section 6.3) are answered
   here; the S-CSCF hands every out-of-dialog MESSAGE and PUBLISH over first.
@@ -160,15 +162,16 @@ class PermissionService:
             self._act(self.decider.begin(query, contacts, now, rules=self._rules(callee, now)))
             decided = await future
         except asyncio.CancelledError:
-            # The S-CSCF gave up on the request: withdraw what is still open, decide nothing.
+            # The caller's CANCEL ended the request (the S-CSCF's deferred routing was
+            # cancelled, RFC 3261 section 16.10): record it, withdraw what is still open.
             self._act(self.decider.cancel(query.call_id, self.clock()))
             raise
         finally:
             self._waiting.pop(query.call_id, None)
-        final = response_of(decided.outcome)
-        if final.reason is None:
+        if decided.allowed:
             return Permission(True)
-        headers = [("Reason", final.reason)]
+        final = response_of(decided.outcome)
+        headers = [] if final.reason is None else [("Reason", final.reason)]
         if final.unsupported:
             headers.append(("Unsupported", "ueconnect"))  # RFC 3261 section 20.40
         return Permission(False, final.status_code, final.reason_phrase, tuple(headers))
