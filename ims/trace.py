@@ -368,30 +368,63 @@ def _log_problem(problem: TraceLineProblem) -> None:
     logger.warning("%s", problem)
 
 
-def read_trace(path: Path | str, *, on_problem: ProblemHandler | None = None) -> list[TraceEntry]:
-    """The entries of a trace file in file order. A malformed line is reported to
-    `on_problem` (default: a logged warning) with its line number and skipped. Raises
-    TraceFileError when the file cannot be read."""
+MAX_TRACE_BYTES = 256 * 1024 * 1024
+"""The most `read_trace` reads of one file: four recorders' worth at DEFAULT_MAX_BYTES. More
+is not a trace written here (or /dev/zero), and reading on would never end or exhaust memory."""
+MAX_LINE_BYTES = 1024 * 1024
+"""The longest line `read_trace` parses; a written line is bounded far below it (_MAX_VALUE,
+_MAX_VALUES), so a longer one is skipped unread as malformed."""
+
+
+def read_trace(
+    path: Path | str, *, on_problem: ProblemHandler | None = None,
+    max_bytes: int = MAX_TRACE_BYTES,
+) -> list[TraceEntry]:
+    """The entries of a trace file in file order, read line by line. A malformed line is
+    reported to `on_problem` (default: a logged warning) with its line number and skipped.
+    Raises TraceFileError when the file cannot be read or holds more than `max_bytes`."""
     path = Path(path)
     report = on_problem or _log_problem
+    entries: list[TraceEntry] = []
     try:
         with path.open("rb") as stream:
-            raw_lines = stream.read().split(b"\n")
+            total = 0
+            number = 0
+            while raw := stream.readline(MAX_LINE_BYTES + 1):
+                number += 1
+                total += len(raw)
+                overlong = len(raw) > MAX_LINE_BYTES
+                if overlong:
+                    report(TraceLineProblem(
+                        path, number, f"longer than {_size(MAX_LINE_BYTES)}, more than any "
+                                      "trace line"))
+                    while total <= max_bytes and not raw.endswith(b"\n"):  # skip the rest
+                        raw = stream.readline(MAX_LINE_BYTES)
+                        if not raw:
+                            break
+                        total += len(raw)
+                if total > max_bytes:
+                    raise TraceFileError(
+                        path, f"larger than {_size(max_bytes)}, more than a trace holds (a "
+                              f"recorder stops at {_size(DEFAULT_MAX_BYTES)} by default); give "
+                              "the JSON Lines file of an operator's [trace] path")
+                if overlong or not raw.strip():
+                    continue
+                try:
+                    entries.append(_entry_from_line(raw, number))
+                except ValueError as exc:
+                    report(TraceLineProblem(path, number, str(exc)))
     except FileNotFoundError as exc:
         raise TraceFileError(path, "no such file") from exc
     except IsADirectoryError as exc:
         raise TraceFileError(path, "is a directory, not a trace file") from exc
     except OSError as exc:
         raise TraceFileError(path, f"cannot read: {exc.strerror}") from exc
-    entries: list[TraceEntry] = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            entries.append(_entry_from_line(raw, number))
-        except ValueError as exc:
-            report(TraceLineProblem(path, number, str(exc)))
     return entries
+
+
+def _size(count: int) -> str:
+    return f"{count >> 20} MiB" if count >= 1 << 20 else f"{count} bytes"
 
 
 _LAST_EPOCH = 253402300799  # 9999-12-31T23:59:59Z: the last time with a four-digit year

@@ -123,7 +123,7 @@ def test_cli_serve_dry_run_and_request() -> None:
         assert deleted.returncode == 0 and "deleted PEER" in deleted.stdout
         bad = subprocess.run([*base, "--lifetime", "0"], capture_output=True, text=True,
                              env=env, cwd=ROOT, timeout=20, check=False)
-        assert bad.returncode == 1 and "needs the mapping's --nonce" in bad.stderr
+        assert bad.returncode == 2 and "needs the mapping's --nonce" in bad.stderr  # usage
     finally:
         server.terminate()
         server.wait(timeout=10)

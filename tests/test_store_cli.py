@@ -88,12 +88,13 @@ def test_duplicate_is_named(config: Path, capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_bad_identities_are_named(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A malformed option value is a usage error: exit 2 (ims/cli/__init__.py), not 1.
     assert run("add", "--config", str(config), "--impi", "bill", "--impu", "tel:+15550100001",
-               "--password", "x") == 1
+               "--password", "x") == 2
     assert "--impi 'bill': not a private identity; expected user@realm" in \
         capsys.readouterr().err
     assert run("add", "--config", str(config), "--impi", BILL, "--impu", "tel:5550100001",
-               "--password", "x") == 1
+               "--password", "x") == 2
     assert "--impu 'tel:5550100001'" in capsys.readouterr().err
 
 

@@ -160,12 +160,16 @@ def _cli(*args: str) -> int:
     return int(ns.func(ns))
 
 
-@pytest.mark.parametrize("action", ["up", "down", "status"])
-def test_cli_without_root_names_the_fix(action: str, monkeypatch: pytest.MonkeyPatch,
+# Without root: up and down "cannot run here" (2, as `demo --testbed`); status is "unknown"
+# (4, an LSB init script's status action), not 1, which is PARTIAL.
+@pytest.mark.parametrize(("action", "code"), [("up", 2), ("down", 2),
+                                              ("status", testbed_cli.STATUS_UNKNOWN)])
+def test_cli_without_root_names_the_fix(action: str, code: int,
+                                        monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str],
                                         tmp_path: Path) -> None:
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    assert _cli(action, "--state-dir", str(tmp_path)) == 1
+    assert _cli(action, "--state-dir", str(tmp_path)) == code
     err = capsys.readouterr().err
     assert "needs root" in err and "sudo" in err
     assert not list(tmp_path.iterdir())  # refused before writing anything

@@ -59,12 +59,20 @@ class RegistrationFailed(UeError):
     not answer)."""
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(
-            f"registration failed: {status} {reason} (check impi, password and the P-CSCF "
-            "address in UeConfig)"
-        )
+        super().__init__(f"registration failed: {status} {reason} ({self._hint(status)})")
         self.status = status
         self.reason = reason
+
+    @staticmethod
+    def _hint(status: int) -> str:
+        # Worded for both the API and the CLI: the fields are `impi`, `password` and `pcscf`
+        # in UeConfig and in the [ue] table of the UE's TOML file alike.
+        if status in (401, 403):  # the registrar's digest challenge was not met
+            return "check impi and password in the UE's configuration"
+        if status == 408:  # RFC 3261 section 8.1.3.1: no answer, Timer F
+            return ("no answer: check pcscf in the UE's configuration and that the operator "
+                    "runs")
+        return "check impi, password and pcscf in the UE's configuration"
 
 
 class ConnectError(UeError):

@@ -6,7 +6,9 @@ options or option values: argparse's `ueconnect CMD: error: ...`, or a combinati
 refuses); 130 interrupted by Ctrl-C before the command finished. A command that serves until
 told to stop (mno, dns serve, pcp serve, ue listen, ue register --stay, demo --serve) exits 0
 on SIGINT or SIGTERM: stopping is how it ends (ims/cli/signals.py). Some commands add their own
-(testbed status: 0 up, 1 partial, 3 down; demo: 2 when the scenario cannot run here).
+(testbed status: 0 up, 1 partial, 3 down, 4 unknown; testbed up/down and demo --testbed: 2
+when they cannot run here, e.g. not root). A listing cut short by a closed pipe (`| head`)
+exits 141 (128 + SIGPIPE) without a traceback.
 """
 
 from __future__ import annotations

@@ -154,14 +154,14 @@ def _password(args: argparse.Namespace) -> str:
 def _add(args: argparse.Namespace) -> int:
     try:
         impi = validate_impi(args.impi)
-    except InvalidIdentity as exc:
-        return _refuse(f"--impi {exc}")
+    except InvalidIdentity as exc:  # a malformed option value: a usage error
+        return _refuse(f"--impi {exc}", EXIT_USAGE)
     seen: dict[str, str] = {}  # canonical AOR (RFC 3261 section 10.3 step 5) -> as given
     for impu in args.impu:
         try:
             first = seen.setdefault(canonical_aor(impu), impu)
         except InvalidIdentity as exc:
-            return _refuse(f"--impu {exc}")
+            return _refuse(f"--impu {exc}", EXIT_USAGE)
         if first is not impu:  # the store would keep it once: say so rather than merge
             return _refuse(f"--impu {impu} is given twice"
                            + (f" (first as {first})" if first != impu else "")
@@ -226,9 +226,12 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refuse(problem: str) -> int:
+EXIT_USAGE = 2  # ims/cli/__init__.py: bad options or option values
+
+
+def _refuse(problem: str, status: int = 1) -> int:
     print(f"ueconnect subscriber add: {problem}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _describe(subscriber: Subscriber) -> str:

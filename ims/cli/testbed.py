@@ -12,15 +12,27 @@ from ims.testbed.errors import (
     AlreadyUp,
     NamespaceTaken,
     NetemUnavailable,
+    NotPermitted,
     StateUnreadable,
     TestbedError,
     TestbedUsageError,
+    ToolMissing,
 )
 from ims.testbed.state import DEFAULT_STATE_DIR
 from ims.testbed.topology import PREFIX, NatBehaviour, TestbedOptions, build_plan
 
-# `status` exit codes: up, partly there (a failed or interrupted up), nothing recorded.
-STATUS_UP, STATUS_PARTIAL, STATUS_DOWN = 0, 1, 3
+# `status` exit codes, those of an LSB init script's status action (LSB Core, "Init Script
+# Actions"): 0 running; 1 "dead and /var/run pid file exists" -- here a state recorded with
+# parts missing (a failed or interrupted up); 3 not running -- nothing recorded; 4 status
+# unknown -- not root, a tool missing, or the state unreadable.
+STATUS_UP, STATUS_PARTIAL, STATUS_DOWN, STATUS_UNKNOWN = 0, 1, 3, 4
+# `up` and `down` refused before touching anything because they cannot run on this host (not
+# root, a tool missing): 2, as `ueconnect demo --testbed` says "cannot run here".
+EXIT_CANNOT_RUN_HERE = 2
+_CANNOT_RUN_HERE = (NotPermitted, ToolMissing, TestbedUsageError)
+_UP_DOWN_STATUS = (
+    "exit status: 0 done; 1 failed (the message says why and what is left); 2 cannot run "
+    "here (not\nroot, a tool missing) or usage error: nothing was touched; 130 interrupted.")
 # `up` is one command that exits: nothing of it stays to hold an NFQUEUE consumer, which the
 # delay without netem needs for as long as the delay lasts; the world process does hold one.
 NETEM_FALLBACKS = (
@@ -86,7 +98,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "left as it is. On failure what was built is removed (unless "
                     "--keep-partial).",
                     ["sudo ueconnect testbed up",
-                     "sudo ueconnect testbed up --nat eim --netem-delay 20"]))
+                     "sudo ueconnect testbed up --nat eim --netem-delay 20"],
+                    _UP_DOWN_STATUS))
     up.add_argument("--nat", choices=[n.value for n in NatBehaviour],
                     default=NatBehaviour.SYMMETRIC.value,
                     help="CGN mapping: symmetric = new random port per destination (default); "
@@ -110,26 +123,30 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         **help_page("Remove exactly what `up` recorded under --state-dir (namespaces, "
                     "rules, sysctls), nothing else.",
                     ["sudo ueconnect testbed down",
-                     "sudo ueconnect testbed down --state-dir /tmp/lab1"]))
+                     "sudo ueconnect testbed down --state-dir /tmp/lab1"],
+                    _UP_DOWN_STATUS))
     state_dir(down)
     down.set_defaults(func=_down)
 
     status = commands.add_parser(
         "status", help=f"what is up (exit {STATUS_UP} up, {STATUS_PARTIAL} partial, "
-                       f"{STATUS_DOWN} down)",
+                       f"{STATUS_DOWN} down, {STATUS_UNKNOWN} unknown)",
         **help_page("Say whether the testbed recorded under --state-dir is up, each "
                     "namespace with its addresses, and namespaces named like the testbed's "
                     "that nobody recorded.",
-                    ["sudo ueconnect testbed status"],
-                    f"exit status: {STATUS_UP} up, {STATUS_PARTIAL} partial (a failed up: run "
-                    f"down), {STATUS_DOWN} down."))
+                    ["sudo ueconnect testbed status",
+                     "sudo ueconnect testbed status --state-dir /tmp/lab1"],
+                    f"exit status (as an LSB init script's status): {STATUS_UP} up; "
+                    f"{STATUS_PARTIAL} partial (a failed up: run down);\n{STATUS_DOWN} down "
+                    f"(nothing recorded); {STATUS_UNKNOWN} unknown (not root, a tool missing, "
+                    "the state\nunreadable: the message says which); 2 usage error."))
     state_dir(status)
     status.set_defaults(func=_status)
 
 
-def _fail(command: str, message: str) -> int:
+def _fail(command: str, message: str, status: int = 1) -> int:
     print(f"ueconnect testbed {command}: {message}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _builder(args: argparse.Namespace) -> TestbedBuilder:
@@ -143,6 +160,8 @@ def _up(args: argparse.Namespace) -> int:
                                  prefix=args.prefix)
         plan = build_plan(options)
         check_host(plan)
+    except _CANNOT_RUN_HERE as exc:
+        return _fail("up", str(exc), EXIT_CANNOT_RUN_HERE)
     except TestbedError as exc:
         return _fail("up", str(exc))
     builder = _builder(args)
@@ -175,6 +194,9 @@ def _down(args: argparse.Namespace) -> int:
     builder = _builder(args)
     try:
         check_host(build_plan(TestbedOptions()))
+    except _CANNOT_RUN_HERE as exc:
+        return _fail("down", str(exc), EXIT_CANNOT_RUN_HERE)
+    try:
         if builder.state_file.load() is None:
             print(f"no testbed recorded in {builder.state_file.path}; nothing to remove")
             return 0
@@ -193,8 +215,8 @@ def _status(args: argparse.Namespace) -> int:
     try:
         check_host(build_plan(TestbedOptions()))
         status = builder.status()
-    except TestbedError as exc:
-        return _fail("status", str(exc))
+    except TestbedError as exc:  # not root, a tool missing, the state unreadable
+        return _fail("status", str(exc), STATUS_UNKNOWN)
     for stray in status.strays:
         print(f"note: namespace {stray} is not recorded as part of the testbed")
     if status.state is None:
