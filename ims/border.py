@@ -227,14 +227,21 @@ class Border:
             self._refused("no-agreement")
             return self._failed(request, 403, "Forbidden",
                                 f"no interconnect agreement with {domain}")
+        # A peer whose certificate we can check (tls_fingerprint, tls_ca) is reached over TLS
+        # only, its SIPS+D2T / _sips._tcp targets (RFC 3263 section 4.1), never downgraded;
+        # any other peer over UDP or TCP (docs/operator-guide.md, "TLS between operators").
+        secure = any(p.domain == domain and (p.tls_fingerprint or p.tls_ca)
+                     for p in self.config.peers)
+        usable = ("tls",) if secure else ("udp", "tcp")
         hops = [
             Target(uri, Address(t.transport.upper(), t.address, t.port))
             for t in targets
-            if t.transport in ("udp", "tcp")
+            if t.transport in usable
         ]
         if not hops:
             return self._failed(request, 503, "Service Unavailable",
-                                f"no UDP or TCP border at {domain}", retry=True)
+                                f"no {'TLS' if secure else 'UDP or TCP'} border at {domain}",
+                                retry=True)
         logger.info("border %s: %s for %s to %s via %s", self.uri, request.method, uri, domain,
                     ", ".join(str(t.next_hop) for t in hops))
         internal = request.headers.get_all("Record-Route")

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +40,9 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry
 
 from ims.border import Border
-from ims.config import GatewayMode, OperatorConfig, Role, iter_listeners
+from ims.config import BorderConfig, GatewayMode, OperatorConfig, PeerConfig, Role, iter_listeners
 from ims.dns.locator import Locator
+from ims.dns.resolution import Transport
 from ims.extension import OPTION_TAG
 from ims.gateway.errors import GatewayError
 from ims.gateway.pcp_gateway import PcpGateway, PcpGatewayConfig
@@ -71,12 +73,19 @@ from ims.sip.message import Request, Response, make_response
 from ims.sip.proxy import Defer, Forward, Hold, ProxyConfig, ProxyCore, Router
 from ims.sip.stack import MessageObserver, SipStack, TuEvent
 from ims.sip.transaction import TimerSettings, TransactionLayer
-from ims.sip.transport import TransportSettings
+from ims.sip.transport import (
+    PeerCertificate,
+    TlsPolicy,
+    TlsRefused,
+    TransportSettings,
+    identity_problem,
+    tls_context,
+)
 from ims.sip.uri import SipUri
 from ims.store import Store, open_store
 from ims.trace import TraceError, TraceRecorder
 
-__all__ = ["Element", "Operator", "OperatorError"]
+__all__ = ["BorderTls", "Element", "Operator", "OperatorError"]
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +191,105 @@ def _groups(addresses: Iterable[Address]) -> list[tuple[str, int, tuple[Address,
 def _uri(host: str, port: int, advertised: str | None) -> SipUri:
     name = advertised if advertised is not None else host
     return SipUri(host=f"[{name}]" if ":" in name else name, port=port)
+
+
+def _border_groups(addresses: Iterable[Address]) -> list[tuple[str, int, tuple[Address, ...]]]:
+    """`_groups` for the border, where a tls: listener joins the instance on its host: the
+    instance that sends a host's egress requests must hold the TLS endpoint they leave by."""
+    plain = [a for a in addresses if a.transport != "TLS"]
+    groups = _groups(plain)
+    for address in (a for a in addresses if a.transport == "TLS"):
+        index = next((i for i, g in enumerate(groups) if g[0] == address.host), None)
+        if index is None:
+            groups.append((address.host, address.port, (address,)))
+        else:
+            host, port, listen = groups[index]
+            groups[index] = (host, port, (*listen, address))
+    return groups
+
+
+class BorderTls:
+    """Mutual TLS between our border and the peer operators (RFC 3261 section 26.2, RFC 5922),
+    from [border] tls_certificate / tls_private_key and each [[border.peers]] tls_fingerprint /
+    tls_ca: a `TlsPolicy` for the border's TLS endpoint.
+
+    The peer on the other end of a connection, either way, is the [[border.peers]] entry whose
+    admit_from holds its address. Its certificate must match the entry's tls_fingerprint and,
+    with tls_ca, chain to that CA and name the peer's domain in subjectAltName. As a server
+    the border requires a client certificate chaining to one of the peers' tls_ca files (a
+    self-signed peer certificate is given as its own tls_ca); as a client it presents its own.
+    Raises OperatorError for files OpenSSL cannot load.
+    """
+
+    def __init__(self, config: BorderConfig, source: object = "[border]") -> None:
+        if config.tls_certificate is None or config.tls_private_key is None:
+            raise OperatorError(f"{source}: [border] TLS needs tls_certificate and "
+                                "tls_private_key")
+        self.config = config
+        certificate, key = str(config.tls_certificate), str(config.tls_private_key)
+        try:
+            self._server = tls_context(ssl.Purpose.CLIENT_AUTH, certificate, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise OperatorError(f"{source}: [border] TLS keys: tls_certificate {certificate} / "
+                                f"tls_private_key {key} cannot be loaded as a PEM certificate "
+                                f"and its key ({exc})") from exc
+        self._server.verify_mode = ssl.CERT_REQUIRED  # mutual TLS: the peer shows its own
+        # A tls_ca may be an intermediate, or the peer's self-signed certificate itself.
+        self._server.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self._clients: dict[str, ssl.SSLContext] = {}
+        for peer in config.peers:
+            try:
+                if peer.tls_ca is not None:
+                    self._server.load_verify_locations(cafile=str(peer.tls_ca))
+                if _pins(peer):
+                    self._clients[peer.name] = self._client_context(peer, certificate, key)
+            except (ssl.SSLError, OSError) as exc:
+                raise OperatorError(f"{source}: [border] TLS keys: peer {peer.name}'s tls_ca "
+                                    f"{peer.tls_ca} cannot be loaded as PEM CA certificates "
+                                    f"({exc})") from exc
+
+    @staticmethod
+    def _client_context(peer: PeerConfig, certificate: str, key: str) -> ssl.SSLContext:
+        context = tls_context(ssl.Purpose.SERVER_AUTH, certificate, key)
+        # The name check is ours (identity_problem, RFC 5922 section 7.2: no wildcards).
+        context.check_hostname = False
+        if peer.tls_ca is None:
+            context.verify_mode = ssl.CERT_NONE  # pinned by fingerprint after the handshake
+        else:
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            context.load_verify_locations(cafile=str(peer.tls_ca))
+        return context
+
+    def server_context(self) -> ssl.SSLContext:
+        return self._server
+
+    def client_context(self, destination: Address) -> tuple[ssl.SSLContext, str | None]:
+        peer = self.config.peer_for_source(destination.host)
+        if peer is None:
+            raise TlsRefused(f"no [[border.peers]] admit_from holds {destination.host}, so "
+                             "there is no certificate to expect there")
+        context = self._clients.get(peer.name)
+        if context is None:
+            raise TlsRefused(f"peer {peer.name} has no tls_fingerprint or tls_ca to check its "
+                             "certificate against")
+        return context, peer.domain  # the domain as SNI (RFC 6066 section 3)
+
+    def check(self, remote: Address, certificate: PeerCertificate, *, outgoing: bool) -> str | None:
+        peer = self.config.peer_for_source(remote.host)
+        if peer is None:
+            return "not a peer operator (no [[border.peers]] admit_from holds its address)"
+        return identity_problem(certificate, fingerprint=peer.tls_fingerprint,
+                                domain=peer.domain if peer.tls_ca is not None else None)
+
+    def describe(self, remote: Address) -> str:
+        peer = self.config.peer_for_source(remote.host)
+        return f"{remote} (not a peer)" if peer is None else f"peer {peer.name} at {remote}"
+
+
+def _pins(peer: PeerConfig) -> bool:
+    """Whether the peer's certificate can be checked: the peer is reached over TLS only."""
+    return peer.tls_fingerprint is not None or peer.tls_ca is not None
 
 
 class Operator:
@@ -464,13 +572,17 @@ class Operator:
                 if scscf_address is None:
                     raise OperatorError(f"{config.source}: the border needs [scscf] (where "
                                         "requests from peers go)")
+                tls = self._border_tls(config.border)
                 if locator is None:
-                    # Our stacks speak UDP and TCP; TLS targets would only fail.
+                    # TLS targets only when we can speak TLS (a tls: listener).
+                    transports: tuple[Transport, ...] = ("udp", "tcp")
+                    if tls is not None:
+                        transports += ("tls",)
                     locator = Locator(dataclasses.replace(
-                        config.dns.locator_config(), transports=("udp", "tcp")
+                        config.dns.locator_config(), transports=transports
                     ))
                 key = secret("border-route-token")
-                for host, port, listen in _groups(config.border.listen):
+                for host, port, listen in _border_groups(config.border.listen):
                     uri = _uri(host, port, config.border.advertised_host)
                     element = self._element(role, uri, listen, timers)
                     element.router = Border(
@@ -478,7 +590,7 @@ class Operator:
                         scscf=scscf_address, locator=locator, key=key, defer=element.defer,
                         retry_after=retry_after, metrics=self.metrics,
                     )
-                    await self._listen(element, None)
+                    await self._listen(element, None, tls)
         logger.info("operator %s (%s, %s) running: %s", name, config.operator.plmn, home,
                     ", ".join(ROLE_NAMES[r] for r in roles))
 
@@ -491,18 +603,38 @@ class Operator:
         self.elements.append(element)
         return element
 
-    async def _listen(self, element: Element, settings: TransportSettings | None) -> None:
+    def _border_tls(self, border: BorderConfig) -> BorderTls | None:
+        """The border's TLS policy when it has a tls: listener; warns about peers that will
+        not work over TLS as configured."""
+        source = self.config.source
+        if not any(a.transport == "TLS" for a in border.listen):
+            for peer in border.peers:
+                if _pins(peer):
+                    logger.warning("%s: peer %s is reached over TLS only (it has TLS keys) but "
+                                   "[border] has no tls: listener: requests to it will fail",
+                                   source, peer.name)
+            return None
+        for peer in border.peers:
+            if peer.tls_fingerprint is not None and peer.tls_ca is None:
+                logger.warning("%s: peer %s has tls_fingerprint but no tls_ca: its connections "
+                               "to our tls: listener will fail; give its certificate (or CA) "
+                               "as tls_ca", source, peer.name)
+        return BorderTls(border, source)
+
+    async def _listen(self, element: Element, settings: TransportSettings | None,
+                      tls: TlsPolicy | None = None) -> None:
         assert element.router is not None
         proxy = ProxyConfig(uri=element.uri, supported=frozenset({OPTION_TAG}))
         element.core = ProxyCore(element.stack.layer, proxy, element.router, resolve_literal)
         element.stack.core = element.core
         # UDP first: the first endpoint of a kind carries the sends (our Via's port).
         for address in sorted(element.listen, key=lambda a: a.transport != "UDP"):
-            if address.transport not in ("UDP", "TCP"):
-                logger.warning("%s %s: %s listener skipped (not available in this build)",
+            if address.transport not in ("UDP", "TCP", "TLS") or (
+                    address.transport == "TLS" and tls is None):
+                logger.warning("%s %s: %s listener skipped (only the border serves TLS)",
                                ROLE_NAMES[element.role], element.uri, address)
                 continue
             await element.stack.listen(address.transport, address.host, address.port,
-                                       settings=settings)
+                                       settings=settings, tls=tls)
         logger.info("%s %s listening on %s", ROLE_NAMES[element.role], element.uri,
                     ", ".join(str(a) for a in element.listen))

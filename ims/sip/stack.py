@@ -44,6 +44,8 @@ from ims.sip.transaction import (
 from ims.sip.transport import (
     SipTransport,
     TcpTransport,
+    TlsPolicy,
+    TlsTransport,
     TransportError,
     TransportSettings,
     UdpTransport,
@@ -159,16 +161,25 @@ class SipStack:
         port: int = 0,
         *,
         settings: TransportSettings | None = None,
+        tls: TlsPolicy | None = None,
     ) -> SipTransport:
-        """Open a "UDP" or "TCP" endpoint on `host`:`port` feeding this stack; raises
-        BindError. Port 0 picks a free one: read it from the result's `local`."""
+        """Open a "UDP", "TCP" or "TLS" endpoint on `host`:`port` feeding this stack; raises
+        BindError. Port 0 picks a free one: read it from the result's `local`. TLS needs
+        `tls`, which says whose certificates are accepted (mutual TLS, RFC 5922); the TLS
+        endpoint also opens the stack's connections to "TLS" destinations."""
         opened: SipTransport
-        if transport.upper() == "UDP":
+        kind = transport.upper()
+        if kind == "UDP":
             opened = await UdpTransport.open(host, port, self.receive, settings=settings)
-        elif transport.upper() == "TCP":
+        elif kind == "TCP":
             opened = await TcpTransport.open(host, port, self.receive, settings=settings)
+        elif kind == "TLS":
+            if tls is None:
+                raise LocalProtocolError("a TLS endpoint needs a TlsPolicy (tls=)")
+            opened = await TlsTransport.open(host, port, self.receive, tls=tls,
+                                             settings=settings)
         else:
-            raise LocalProtocolError(f"unsupported transport {transport!r}: use UDP or TCP")
+            raise LocalProtocolError(f"unsupported transport {transport!r}: use UDP, TCP or TLS")
         self.add_transport(opened)
         return opened
 

@@ -1,7 +1,8 @@
-"""asyncio SIP transports: UDP and TCP endpoints around the sans-IO core (RFC 3261 section 18).
+"""asyncio SIP transports: UDP, TCP and TLS endpoints around the sans-IO core (RFC 3261
+section 18).
 
-One object per local address and transport (`UdpTransport`, `TcpTransport`, both a
-`SipTransport`): `send(message, destination)` writes a message to an `Address`; every message
+One object per local address and transport (`UdpTransport`, `TcpTransport`, `TlsTransport`,
+each a `SipTransport`): `send(message, destination)` writes a message to an `Address`; every message
 received is parsed, checked (`ims.sip.checks.validate`), stamped with `received`/`rport` when it
 is a request (RFC 3261 18.2.1, RFC 3581 section 4) and handed to the `on_message(message,
 source)` callback given at construction. Bytes that fail are answered when
@@ -12,6 +13,11 @@ TCP connections, accepted or opened, live in one pool keyed by the remote (host,
 carry every later message to that endpoint (section 18: responses return on the connection the
 request came in on; RFC 5923 spirit for requests). Idle connections are closed.
 
+TLS (RFC 3261 section 26.2, RFC 5630) is the TCP endpoint with TLS 1.2+ underneath and mutual
+authentication: a `TlsPolicy` gives the contexts and decides, after each handshake, whether
+the certificate shown is the expected peer's (`identity_problem`: RFC 8122 fingerprint, RFC
+5922 names). Refusals are logged naming the peer and the reason.
+
 Hosts are IP literals: names are resolved before (RFC 3263, `ims.dns`). An IPv6 endpoint is
 IPv6 only; to serve both families open one endpoint per family.
 """
@@ -20,9 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import ipaddress
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -48,6 +56,7 @@ _ENDPOINTS_LIMIT = 4096
 _READ_BATCH = 32  # datagrams read per event-loop wake-up beyond the first
 _RECV_BYTES = MAX_UDP_PAYLOAD + 1  # one more than fits: an oversize datagram shows as such
 _PONG = b"\r\n"  # RFC 5626 section 3.5.1
+_EARLY_BYTES_LIMIT = 256 * 1024  # TLS data held between the handshake and connection_made
 
 
 class TransportError(SipError):
@@ -65,6 +74,11 @@ class ConnectError(TransportError):
 
 class SendError(TransportError):
     """The message could not be written (too large for UDP, connection lost, endpoint closed)."""
+
+
+class TlsRefused(ConnectError):
+    """A TLS connection failed its handshake or its peer's certificate was refused (RFC 5922
+    section 7): the message goes to the next target, as for any connection failure."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +400,114 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
         logger.debug("%s: %s", self._owner, exc)
 
 
+# --- TLS identities (RFC 5922) --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """What a TLS handshake showed of the other side's certificate.
+
+    `der` is None when the peer sent none. `chain_verified` says OpenSSL verified the chain
+    against the CAs of the context; only then are `sip_domains` and `dns_names` (its
+    subjectAltName entries) read, an unverified certificate's names being worthless.
+    """
+
+    der: bytes | None
+    chain_verified: bool = False
+    sip_domains: tuple[str, ...] = ()  # hosts of subjectAltName URI sip: entries
+    dns_names: tuple[str, ...] = ()  # subjectAltName DNS entries
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The RFC 8122 section 5 form, "SHA-256 AB:CD:...", of the DER certificate."""
+        if self.der is None:
+            return None
+        return certificate_fingerprint(self.der)
+
+    @classmethod
+    def of(cls, ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate:
+        if ssl_object is None:
+            return cls(None)
+        der = ssl_object.getpeercert(binary_form=True)
+        fields = ssl_object.getpeercert()  # empty unless the chain was verified
+        if der is None or not fields:
+            return cls(der)
+        sip: list[str] = []
+        dns: list[str] = []
+        for entry in fields.get("subjectAltName", ()):
+            kind, value = str(entry[0]), str(entry[1])
+            if kind == "URI" and value.lower().startswith("sip:"):
+                sip.append(value[4:].partition(";")[0].rpartition("@")[2].lower())
+            elif kind == "DNS":
+                dns.append(value.lower())
+        return cls(der, True, tuple(sip), tuple(dns))
+
+
+def certificate_fingerprint(der: bytes) -> str:
+    """SHA-256 of a DER certificate as RFC 8122 section 5 writes it: "SHA-256 AB:CD:..."."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return "SHA-256 " + ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+
+
+def identity_problem(
+    certificate: PeerCertificate, *, fingerprint: str | None, domain: str | None
+) -> str | None:
+    """Why `certificate` is not the peer expected, None when it is.
+
+    `fingerprint` pins the certificate itself (RFC 8122 section 5 form). `domain` asks for a
+    chain verified to the peer's CA that names the domain (RFC 5922 section 7.1): the host of
+    a subjectAltName URI sip: entry when there is one, else a DNS entry, compared whole and
+    without case; wildcards never match (section 7.2), nor does the Common Name once there
+    is a subjectAltName (7.1). With neither, nothing could be checked: refused.
+    """
+    if certificate.der is None:
+        return "presented no certificate"
+    if fingerprint is None and domain is None:
+        return "no tls_fingerprint or tls_ca to check its certificate against"
+    if fingerprint is not None and certificate.fingerprint != fingerprint.upper():
+        return f"certificate {certificate.fingerprint} does not match the pinned {fingerprint}"
+    if domain is not None:
+        if not certificate.chain_verified:
+            return "certificate does not chain to the configured CA"
+        names = certificate.sip_domains or certificate.dns_names
+        if domain.lower().rstrip(".") not in names:
+            shown = ", ".join(names) or "no subjectAltName"
+            return f"certificate names {shown}, not {domain} (RFC 5922 section 7.2)"
+    return None
+
+
+class TlsPolicy(Protocol):
+    """Who may talk over TLS and how they prove it: given to a TLS endpoint (mutual TLS)."""
+
+    def server_context(self) -> ssl.SSLContext:
+        """The listener's context: our certificate, and the CAs client certificates must chain
+        to (a client certificate is required)."""
+        ...
+
+    def client_context(self, destination: Address) -> tuple[ssl.SSLContext, str | None]:
+        """The context to connect to `destination` with our certificate, and the server name
+        to send (SNI); raises TlsRefused when nobody there may be connected to."""
+        ...
+
+    def check(self, remote: Address, certificate: PeerCertificate, *, outgoing: bool) -> str | None:
+        """After the handshake: why the connection is refused, None to keep it."""
+        ...
+
+    def describe(self, remote: Address) -> str:
+        """`remote` for a log line, naming the peer it belongs to."""
+        ...
+
+
+def tls_context(purpose: ssl.Purpose, certificate: str, private_key: str) -> ssl.SSLContext:
+    """A TLS 1.2+ context presenting `certificate` (RFC 3261 section 26.2.1 asks for TLS; RFC
+    8996 retires 1.0 and 1.1). The caller sets how the other side is verified."""
+    server = purpose is ssl.Purpose.CLIENT_AUTH
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certificate, private_key)
+    return context
+
+
 # --- TCP ------------------------------------------------------------------------------------
 
 
@@ -393,6 +515,7 @@ class TcpTransport(_Endpoint):
     """A TCP listener and the pool of connections to and from it (RFC 3261 section 18)."""
 
     _transport_name = "TCP"
+    _tls: TlsPolicy | None = None  # set by TlsTransport
 
     def __init__(
         self,
@@ -473,25 +596,57 @@ class TcpTransport(_Endpoint):
 
     async def _connect(self, endpoint: tuple[str, int]) -> _StreamConnection:
         host, port = endpoint
-        where = str(Address("TCP", host, port))
+        remote = Address(self._transport_name, host, port)
+        where = str(remote)
         if len(self._live) >= self.settings.max_connections:
             raise ConnectError(f"cannot connect to {where}: connection limit reached")
         loop = asyncio.get_running_loop()
         unspecified = ipaddress.ip_address(self._local.host).is_unspecified
         local_addr = None if unspecified else (self._local.host, 0)
+        context: ssl.SSLContext | None = None
+        server_name: str | None = None
+        if self._tls is not None:
+            try:
+                context, server_name = self._tls.client_context(remote)
+            except TlsRefused as exc:
+                raise self._refused(remote, str(exc)) from None
         try:
             async with asyncio.timeout(self.settings.connect_timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _StreamConnection(self), host, port, local_addr=local_addr
+                    lambda: _StreamConnection(self, outgoing=True), host, port,
+                    local_addr=local_addr, ssl=context,
+                    server_hostname=server_name if context is not None else None,
+                    ssl_handshake_timeout=self.settings.connect_timeout if context else None,
                 )
         except TimeoutError as exc:
             timeout = self.settings.connect_timeout
             raise ConnectError(f"cannot connect to {where}: no answer in {timeout} s") from exc
+        except (ssl.SSLError, ssl.CertificateError) as exc:
+            raise self._refused(remote, f"TLS handshake failed: {_ssl_reason(exc)}") from exc
         except OSError as exc:
             raise ConnectError(f"cannot connect to {where}: {exc.strerror or exc}") from exc
         if connection.closing:
+            if connection.refusal is not None:
+                raise TlsRefused(f"cannot connect to {where}: {connection.refusal}")
             raise ConnectError(f"cannot connect to {where}: connection closed at once")
         return connection
+
+    def _refused(self, remote: Address, why: str) -> TlsRefused:
+        """Log a refused TLS connection naming the peer and the reason; the error to raise."""
+        who = self._tls.describe(remote) if self._tls is not None else str(remote)
+        logger.warning("%s: TLS with %s refused: %s", self, who, why)
+        return TlsRefused(f"cannot connect to {remote}: {why}")
+
+    def _admit_tls(self, connection: _StreamConnection, transport: asyncio.Transport,
+                   peer: Address) -> str | None:
+        """RFC 5922: whether the certificate just shown is the expected peer's; logged."""
+        if self._tls is None:
+            return None
+        certificate = PeerCertificate.of(transport.get_extra_info("ssl_object"))
+        why = self._tls.check(peer, certificate, outgoing=connection.outgoing)
+        if why is not None:
+            logger.warning("%s: TLS with %s refused: %s", self, self._tls.describe(peer), why)
+        return why
 
     def _adopt(self, connection: _StreamConnection, peer: Address) -> bool:
         if self._closed:
@@ -521,11 +676,130 @@ class TcpTransport(_Endpoint):
             await self._server.wait_closed()
 
 
-class _StreamConnection(asyncio.Protocol):
-    """One TCP connection: framing in, writes out, idle timer."""
+class TlsTransport(TcpTransport):
+    """A TLS listener and its pool of connections (RFC 3261 sections 18 and 26.2, RFC 5630):
+    TCP framing inside TLS 1.2+, mutual authentication by `TlsPolicy`.
 
-    def __init__(self, owner: TcpTransport) -> None:
+    Accepted connections complete their handshake before any byte is read as SIP; a client
+    without a certificate, or whose certificate the policy refuses (RFC 5922), is cut off and
+    logged with the peer's name and the reason. Outgoing connections fail the same way with
+    TlsRefused, a ConnectError: the stack reports a transport failure and the request goes
+    to the next target (RFC 3263 section 4.3) or ends in 503.
+    """
+
+    _transport_name = "TLS"
+
+    def __init__(
+        self,
+        local: Address,
+        on_message: MessageHandler,
+        settings: TransportSettings,
+        error_response: ErrorResponder,
+        tls: TlsPolicy,
+        server_context: ssl.SSLContext,
+    ) -> None:
+        super().__init__(local, on_message, settings, error_response)
+        self._tls = tls
+        self._server_context = server_context
+        self._handshakes: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def open(  # type: ignore[override]
+        cls,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        *,
+        tls: TlsPolicy,
+        settings: TransportSettings | None = None,
+        error_response: ErrorResponder = error_response_for,
+    ) -> TlsTransport:
+        """Listen on `host`:`port` (an IP literal; port 0 picks one, see `local`)."""
+        _ip_version(host, "local")
+        context = tls.server_context()
+        loop = asyncio.get_running_loop()
+        owner: list[TlsTransport] = []
+        try:
+            server = await loop.create_server(
+                lambda: _TlsAccept(owner[0]), host, port, reuse_address=True,
+                start_serving=False,
+            )
+        except OSError as exc:
+            raise BindError(f"cannot listen on {Address('TLS', host, port)}: {exc}") from exc
+        local = _peer_address("TLS", server.sockets[0].getsockname())
+        self = cls(local, on_message, settings or TransportSettings(), error_response, tls,
+                   context)
+        self._server = server
+        owner.append(self)
+        await server.start_serving()
+        return self
+
+    def _start_handshake(self, raw: asyncio.Transport) -> None:
+        if self._closed or len(self._live) + len(self._handshakes) >= \
+                self.settings.max_connections:
+            raw.abort()
+            return
+        task = asyncio.get_running_loop().create_task(self._handshake(raw))
+        self._handshakes.add(task)
+        task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        peer = _peer_address("TLS", raw.get_extra_info("peername"))
+        connection = _StreamConnection(self)
+        try:
+            secured = await asyncio.get_running_loop().start_tls(
+                raw, connection, self._server_context, server_side=True,
+                ssl_handshake_timeout=self.settings.connect_timeout,
+            )
+            if secured is None:
+                raise ConnectionResetError("closed during the handshake")
+            # start_tls leaves connection_made to its caller; bytes that came with the end of
+            # the handshake wait in the connection until then.
+            connection.connection_made(secured)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            reason = _ssl_reason(exc) if isinstance(exc, ssl.SSLError) else (
+                f"no handshake in {self.settings.connect_timeout} s"
+                if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__)
+            self._refused(peer, f"TLS handshake failed: {reason}")
+            raw.abort()
+
+    async def close(self) -> None:
+        for task in list(self._handshakes):
+            task.cancel()
+        await super().close()
+
+
+class _TlsAccept(asyncio.Protocol):
+    """A fresh TCP connection on a TLS listener, until its handshake starts: reading paused so
+    no byte is lost before `start_tls` takes it over."""
+
+    def __init__(self, owner: TlsTransport) -> None:
         self._owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()
+        self._owner._start_handshake(transport)
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    """An SSL error as a short cause: OpenSSL's reason and verify message, not its repr."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return exc.reason.replace("_", " ").lower()
+    return str(exc) or type(exc).__name__
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection: framing in, writes out, idle timer."""
+
+    def __init__(self, owner: TcpTransport, *, outgoing: bool = False) -> None:
+        self._owner = owner
+        self.outgoing = outgoing
+        self.refusal: str | None = None  # why a TLS peer's certificate was refused
+        self._early: list[bytes] = []  # TLS: data before connection_made (see TlsTransport)
+        self._answered = False  # any byte received yet
         self._framer = StreamFramer(owner.settings.framing)
         self._transport: asyncio.Transport | None = None
         self._peer: Address | None = None
@@ -537,15 +811,27 @@ class _StreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        peer = _peer_address("TCP", transport.get_extra_info("peername"))
+        peer = _peer_address(self._owner._transport_name, transport.get_extra_info("peername"))
         self._peer = peer
-        if not self._owner._adopt(self, peer):
+        self.refusal = self._owner._admit_tls(self, transport, peer)
+        if self.refusal is not None or not self._owner._adopt(self, peer):
             self.closing = True
             transport.abort()
             return
         self._arm_idle_timer(self._owner.settings.idle_timeout)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._owner._tls is not None and self._peer is not None and not self.closing:
+            # TLS 1.3: a server refusing our certificate does so after our handshake ended,
+            # often without an alert we get to read.
+            if isinstance(exc, ssl.SSLError):
+                self._owner._refused(self._peer, f"the peer ended TLS: {_ssl_reason(exc)}")
+            elif self.outgoing and not self._answered:
+                self._owner._refused(self._peer, "the peer closed the connection before any "
+                                     "answer (did it refuse our certificate?)")
         self.closing = True
         if self._idle_timer is not None:
             self._idle_timer.cancel()
@@ -553,8 +839,14 @@ class _StreamConnection(asyncio.Protocol):
             self._owner._forget(self, self._peer)
 
     def data_received(self, data: bytes) -> None:
+        if self._peer is None and not self.closing:
+            self._early.append(data)  # a moment's worth; the framer's limits apply later
+            if sum(map(len, self._early)) > _EARLY_BYTES_LIMIT:
+                self.abort()
+            return
         if self.closing or self._peer is None:
             return
+        self._answered = True
         self._last_activity = self._loop.time()
         try:
             self._framer.feed(data)
