@@ -381,6 +381,18 @@ class DigestCredentials:
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
 _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# A run of qdtext taken as is (RFC 3261 section 25.1: HTAB, %x20-21, %x23-5B, %x5D-7E and
+# UTF8-NONASCII, lone surrogates excepted); the scanner looks one by one only at the rest.
+_QDTEXT_RUN_RE: Final = re.compile(
+    r"[\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\ud7ff\ue000-\U0010ffff]*"
+)
+# auth-param = token EQUAL ( token / quoted-string ) with plain blanks around "=" and a
+# quoted-string without quoted-pairs: what every client sends, read with one match. Any other
+# spelling (folding, escapes, a defect) fails the match and goes through the scanner.
+_PLAIN_AUTH_PARAM_RE: Final = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~]+)[ \t]*=[ \t]*(?:([A-Za-z0-9\-.!%*_+`'~]+)|"
+    r"\"([\t\x20\x21\x23-\x5b\x5d-\x7e\x80-\ud7ff\ue000-\U0010ffff]*)\")"
+)
 _HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+")
 _NC_RE: Final = re.compile(r"[0-9A-Fa-f]{8}")  # nc-value = 8LHEX
 _WSP: Final = " \t"
@@ -423,6 +435,8 @@ class _Scanner:
         """SWS = [LWS]; LWS = [*WSP CRLF] 1*WSP. Returns whether any was consumed."""
         start = self.pos
         text = self.text
+        if start >= len(text) or text[start] not in " \t\r\n":
+            return False  # the usual case, between tokens: nothing to scan
         while self.pos < len(text):
             c = text[self.pos]
             if c in _WSP:
@@ -454,6 +468,10 @@ class _Scanner:
         self.pos += 1  # opening DQUOTE, checked by the caller
         out: list[str] = []
         while True:
+            run = _QDTEXT_RUN_RE.match(text, self.pos)
+            if run is not None and run.end() > self.pos:
+                out.append(run.group())
+                self.pos = run.end()
             if self.pos >= len(text):
                 raise self.fail("the closing '\"' of a quoted-string")
             c = text[self.pos]
@@ -503,23 +521,18 @@ def _parse_auth_values(text: str, role: str) -> list[_AuthValue]:
         if not s.sws():
             raise s.fail(f"whitespace after the auth-scheme {scheme!r}")
         params: list[_AuthParam] = []
+        plain = _PLAIN_AUTH_PARAM_RE.match(text, s.pos)
         while True:
-            name = s.token()
-            if name is None:
-                raise s.fail("an auth-param name")
-            s.sws()  # EQUAL = SWS "=" SWS
-            if s.peek() != "=":
-                raise s.fail(f"'=' after the parameter name {name!r}")
-            s.pos += 1
-            s.sws()
-            if s.peek() == '"':
-                params.append(_AuthParam(name.lower(), s.quoted_string(), True))
+            if plain is not None:
+                name, token_value, quoted_value = plain.groups()
+                if token_value is not None:
+                    params.append(_AuthParam(name.lower(), token_value, False))
+                else:
+                    params.append(_AuthParam(name.lower(), quoted_value, True))
+                s.pos = plain.end()
+                s.sws()
             else:
-                value = s.token()
-                if value is None:
-                    raise s.fail(f"a token or quoted-string as the value of {name!r}")
-                params.append(_AuthParam(name.lower(), value, False))
-            s.sws()
+                params.append(_auth_param(s))
             if s.at_end():
                 values.append(_AuthValue(scheme, tuple(params)))
                 return values
@@ -527,6 +540,9 @@ def _parse_auth_values(text: str, role: str) -> list[_AuthValue]:
                 raise s.fail("',' between parameters")
             s.pos += 1
             s.sws()
+            plain = _PLAIN_AUTH_PARAM_RE.match(text, s.pos)
+            if plain is not None:
+                continue  # token "=": another auth-param, not the next auth-scheme
             mark = s.pos
             if s.token() is None:
                 raise s.fail("a parameter or an auth-scheme after ','")
@@ -536,6 +552,27 @@ def _parse_auth_values(text: str, role: str) -> list[_AuthValue]:
             if not next_is_param:
                 break
         values.append(_AuthValue(scheme, tuple(params)))
+
+
+def _auth_param(s: _Scanner) -> _AuthParam:
+    """auth-param = token EQUAL ( token / quoted-string ), and the SWS after it."""
+    name = s.token()
+    if name is None:
+        raise s.fail("an auth-param name")
+    s.sws()  # EQUAL = SWS "=" SWS
+    if s.peek() != "=":
+        raise s.fail(f"'=' after the parameter name {name!r}")
+    s.pos += 1
+    s.sws()
+    if s.peek() == '"':
+        param = _AuthParam(name.lower(), s.quoted_string(), True)
+    else:
+        value = s.token()
+        if value is None:
+            raise s.fail(f"a token or quoted-string as the value of {name!r}")
+        param = _AuthParam(name.lower(), value, False)
+    s.sws()
+    return param
 
 
 class _Params:

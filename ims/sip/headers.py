@@ -7,7 +7,7 @@ ParseError naming the defect, which an element turns into 400 (RFC 3261 section 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from ims.sip import abnf
@@ -207,7 +207,10 @@ class Via:
         return self.host, self.port
 
 
-def parse_via(value: str) -> Via:
+def parse_sent_by(value: str) -> tuple[Via, int]:
+    """sent-protocol LWS sent-by at the start of a Via value (section 20.42): the Via without
+    its parameters, and the index where the parameters begin. It reads nothing past the
+    first ";", so Vias that differ only in their parameters share the result."""
     m = _VIA_RE.match(value)
     if m is None:
         raise ParseError(f"malformed Via header {value.strip()!r}")
@@ -219,7 +222,15 @@ def parse_via(value: str) -> Via:
         if not port_text.isascii() or int(port_text) > 65535:
             raise ParseError(f"invalid port {port_text!r} in 'Via sent-by'")
         port = int(port_text)
-    params = parse_params(value[m.end() :], "Via")
+    return Via(transport.upper(), host, port, (), f"{name.upper()}/{version}"), m.end()
+
+
+def parse_via(
+    value: str, *, sent_by: Callable[[str], tuple[Via, int]] = parse_sent_by
+) -> Via:
+    """One Via value; `sent_by` reads its start (a memo of parse_sent_by may be passed)."""
+    base, end = sent_by(value)
+    params = parse_params(value[end:], "Via")
     for key, pval in params:
         k = key.lower()
         if k == "ttl" and (pval is None or not pval.isdigit() or int(pval) > 255):
@@ -228,13 +239,7 @@ def parse_via(value: str) -> Via:
             raise ParseError("Via rport out of range")
         if k == "branch" and pval is None:
             raise ParseError("Via branch without a value")
-    return Via(
-        transport=transport.upper(),
-        host=host,
-        port=port,
-        params=params,
-        protocol=f"{name.upper()}/{version}",
-    )
+    return Via(base.transport, base.host, base.port, params, base.protocol)
 
 
 # --- name-addr / addr-spec (section 20.10, 20.20, 20.39, 25.1) ----------------------------------
@@ -272,11 +277,14 @@ class NameAddress:
         return self.uri
 
 
-def parse_name_addr(value: str, where: str = "header") -> NameAddress:
+def parse_name_addr(
+    value: str, where: str = "header", *, uri_of: Callable[[str], Uri] = parse_uri
+) -> NameAddress:
     """name-addr / addr-spec followed by parameters (RFC 3261 section 20.10 and 25.1).
 
     In the addr-spec form, parameters after the URI belong to the header, not the URI
-    (section 20.10), so the URI ends at the first ";".
+    (section 20.10), so the URI ends at the first ";". `uri_of` parses the URI (a memo of
+    parse_uri may be passed: a From with a fresh tag still names the same URI).
     """
     text = value.strip()
     display: str | None = None
@@ -304,7 +312,7 @@ def parse_name_addr(value: str, where: str = "header") -> NameAddress:
             raise ParseError(f"addr-spec with reserved characters must use <> in {where}")
     if any(c in uri_text for c in " \t"):
         raise ParseError(f"whitespace inside the URI in {where}")
-    uri = parse_uri(uri_text)
+    uri = uri_of(uri_text)
     return NameAddress(uri=uri, display_name=display, params=parse_params(rest, where))
 
 

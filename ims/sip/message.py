@@ -27,6 +27,7 @@ from ims.sip.headers import (
     canonical_name,
     parse_cseq,
     parse_name_addr,
+    parse_sent_by,
     parse_uint,
     parse_via,
     split_list,
@@ -219,11 +220,14 @@ class ParsedValues:
     Parsing is a pure function of the value, so one memo is right for any message whose
     header carries that text: a message and the messages derived from it share one, and a
     transport may hand one to `parse_message` for everything it receives, since the messages
-    of a transaction or dialog repeat their From, To, Call-ID and Route values. Each kind is
+    of a transaction or dialog repeat their From, To, Call-ID and Route values. Parts repeat
+    more than whole values: each transaction's Via has a new branch and its From a new tag,
+    so the URI inside a name-addr and the sent-by of a Via are remembered on their own; the
+    rest of the value (its parameters) is parsed and checked every time. Each kind is
     bounded by `limit` entries; a full one starts afresh (only speed depends on it).
     """
 
-    __slots__ = ("_cseqs", "_limit", "_name_addrs", "_uris", "_vias")
+    __slots__ = ("_cseqs", "_limit", "_name_addrs", "_sent_bys", "_uris", "_vias")
 
     def __init__(self, limit: int = 64) -> None:
         if limit < 1:
@@ -233,9 +237,11 @@ class ParsedValues:
         self._name_addrs: dict[str, NameAddress] = {}
         self._cseqs: dict[str, CSeq] = {}
         self._uris: dict[str, Uri] = {}
+        self._sent_bys: dict[str, tuple[Via, int]] = {}
 
     def __len__(self) -> int:
-        return len(self._vias) + len(self._name_addrs) + len(self._cseqs) + len(self._uris)
+        return (len(self._vias) + len(self._name_addrs) + len(self._cseqs) + len(self._uris)
+                + len(self._sent_bys))
 
     def uri(self, value: str) -> Uri:
         uri = self._uris.get(value)
@@ -249,17 +255,29 @@ class ParsedValues:
     def via(self, value: str) -> Via:
         via = self._vias.get(value)
         if via is None:
-            via = parse_via(value)
+            # A new branch makes each Via value new; its sent-by is the sender's, seen before.
+            via = parse_via(value, sent_by=self._sent_by)
             if len(self._vias) >= self._limit:
                 self._vias.clear()
             self._vias[value] = via
         return via
 
+    def _sent_by(self, value: str) -> tuple[Via, int]:
+        head = value.partition(";")[0]  # all parse_sent_by reads
+        found = self._sent_bys.get(head)
+        if found is None:
+            found = parse_sent_by(value)
+            if len(self._sent_bys) >= self._limit:
+                self._sent_bys.clear()
+            self._sent_bys[head] = found
+        return found
+
     def name_addr(self, value: str, where: str) -> NameAddress:
         """The name-addr / addr-spec `value`; `where` names the header in a ParseError."""
         name_addr = self._name_addrs.get(value)
         if name_addr is None:
-            name_addr = parse_name_addr(value, where)
+            # A new tag makes each From value new; the URI in it is remembered on its own.
+            name_addr = parse_name_addr(value, where, uri_of=self.uri)
             if len(self._name_addrs) >= self._limit:
                 self._name_addrs.clear()
             self._name_addrs[value] = name_addr
@@ -565,7 +583,7 @@ def make_response(
         value = h.get(name)
         if value is not None:
             if name == "To" and to_tag is not None and status_code != 100:
-                to = parse_name_addr(value, "To")
+                to = request.to  # parsed once per request, whatever answers it
                 if to.tag is None:
                     value = str(to.with_param("tag", to_tag))
             items.append((name, value))
@@ -579,9 +597,13 @@ def make_response(
     if content_type is not None and body:
         items.append(("Content-Type", content_type))
     items.append(("Content-Length", str(len(body))))
-    return Response(
-        status_code,
-        reason if reason is not None else reason_phrase(status_code),
-        Headers(tuple(items)),
-        body,
+    # The response repeats the request's Via, From, Call-ID and CSeq values: what the request's
+    # memo holds of them serves the response's views too (the memo is keyed by the text).
+    return request._derived(
+        Response(
+            status_code,
+            reason if reason is not None else reason_phrase(status_code),
+            Headers(tuple(items)),
+            body,
+        )
     )

@@ -42,6 +42,7 @@ from ims.store import (
     UnknownSession,
     UnknownSubscriber,
     _json_object,
+    _stored_record,
     canonical_aor,
     validate_impi,
 )
@@ -364,8 +365,20 @@ class _Subscribers:
             )
 
     def get(self, identity: str) -> Subscriber | None:
-        impi = self._impi_of(identity)
-        return None if impi is None else self._load(impi)
+        # As _impi_of then _load, one query per form tried (the registrar asks per REGISTER).
+        text = identity.strip()
+        if "@" in text and ":" not in text.split("@", 1)[0]:
+            try:
+                impi = validate_impi(text)
+            except ValueError:
+                impi = None
+            if impi is not None and (found := self._load(impi)) is not None:
+                return found
+        try:
+            impu = canonical_aor(text)
+        except ValueError:
+            return None
+        return self._load(impu, by_impu=True)
 
     def list(self) -> tuple[Subscriber, ...]:
         rows = self._store.read("SELECT impi FROM subscriber ORDER BY impi")
@@ -400,21 +413,29 @@ class _Subscribers:
         rows = self._store.read("SELECT impi FROM impu WHERE impu = ?", (impu,))
         return str(rows[0][0]) if rows else None
 
-    def _load(self, impi: str) -> Subscriber | None:
+    def _load(self, key: str, *, by_impu: bool = False) -> Subscriber | None:
+        """The subscriber whose IMPI (or, `by_impu`, one of whose IMPUs) is `key`: one query,
+        a row per (IMPU, credential) pair."""
+        which = "(SELECT impi FROM impu WHERE impu = ?)" if by_impu else "?"
         rows = self._store.read(
-            "SELECT display_name, created_at FROM subscriber WHERE impi = ?", (impi,))
+            "SELECT s.impi, s.display_name, s.created_at, i.impu, c.realm, c.ha1_md5, "
+            "c.ha1_sha256 FROM subscriber AS s "
+            "LEFT JOIN impu AS i ON i.impi = s.impi "
+            "LEFT JOIN credential AS c ON c.impi = s.impi "
+            f"WHERE s.impi = {which} ORDER BY i.position, c.realm", (key,))
         if not rows:
             return None
-        display_name, created_at = rows[0]
-        impus = self._store.read("SELECT impu FROM impu WHERE impi = ? ORDER BY position",
-                                 (impi,))
-        credentials = self._store.read(
-            "SELECT realm, ha1_md5, ha1_sha256 FROM credential WHERE impi = ? ORDER BY realm",
-            (impi,))
-        return Subscriber(
+        impi, display_name, created_at = rows[0][:3]
+        impus = dict.fromkeys(r[3] for r in rows if r[3] is not None)
+        realms = dict.fromkeys(r[4:] for r in rows if r[4] is not None)
+        return _stored_record(
+            Subscriber,
             impi=impi,
-            impus=tuple(r[0] for r in impus),
-            credentials=tuple(DigestHA1(*r) for r in credentials),
+            impus=tuple(impus),
+            credentials=tuple(
+                _stored_record(DigestHA1, realm=realm, ha1_md5=md5, ha1_sha256=sha256)
+                for realm, md5, sha256 in realms
+            ),
             created_at=created_at,
             display_name=display_name,
         )
@@ -424,6 +445,9 @@ _BINDING_COLUMNS = (
     "aor, contact, expires_at, q, call_id, cseq, path, instance_id, reg_id, "
     "received_transport, received_host, received_port, registered_via, supports"
 )
+
+
+_INSERT_BINDING = f"INSERT INTO binding ({_BINDING_COLUMNS}) VALUES ({', '.join('?' * 14)})"
 
 
 def _binding_row(b: Binding) -> tuple[Any, ...]:
@@ -439,11 +463,14 @@ def _binding_row(b: Binding) -> tuple[Any, ...]:
 def _binding(row: Sequence[Any]) -> Binding:
     (aor, contact, expires_at, q, call_id, cseq, path, instance_id, reg_id,
      transport, host, port, registered_via, supports) = row
-    return Binding(
+    return _stored_record(
+        Binding,
         aor=aor, contact=contact, expires_at=expires_at, call_id=call_id, cseq=cseq, q=q,
-        path=tuple(json.loads(path)), instance_id=instance_id, reg_id=reg_id,
+        path=tuple(json.loads(path)) if path != "[]" else (), instance_id=instance_id,
+        reg_id=reg_id,
         received=Address(transport, host, port) if transport is not None else None,
-        registered_via=registered_via, supports=tuple(json.loads(supports)),
+        registered_via=registered_via,
+        supports=tuple(json.loads(supports)) if supports != "[]" else (),
     )
 
 
@@ -461,12 +488,16 @@ class _Bindings:
             select += " OR (instance_id = ? AND reg_id = ?)"
             args += [b.instance_id, b.reg_id]
         with self._store.write() as db:
-            if not db.execute("SELECT 1 FROM impu WHERE impu = ?", (b.aor,)).fetchone():
-                raise UnknownSubscriber(b.aor)
             old = db.execute(select + ") ORDER BY id", args).fetchall()
-            db.executemany("DELETE FROM binding WHERE id = ?", [(r[0],) for r in old])
-            db.execute(f"INSERT INTO binding ({_BINDING_COLUMNS}) VALUES "
-                       f"({', '.join('?' * 14)})", _binding_row(b))
+            if old:
+                db.executemany("DELETE FROM binding WHERE id = ?", [(r[0],) for r in old])
+            try:
+                db.execute(_INSERT_BINDING, _binding_row(b))
+            except sqlite3.IntegrityError as exc:
+                # binding.aor references impu(impu): the AOR is no subscriber's IMPU.
+                if "FOREIGN KEY" in str(exc):
+                    raise UnknownSubscriber(b.aor) from None
+                raise
         return tuple(_binding(r[1:]) for r in old)
 
     def remove(self, aor: str, contact: str) -> Binding | None:
