@@ -33,9 +33,10 @@ logger = logging.getLogger(__name__)
 
 # Live transactions one worker keeps before it answers new requests 503 (RFC 3261 21.5.4).
 # Each relayed call holds four (INVITE and BYE, server and client side), most of them for
-# 64*T1 = 32 s after the call (Timers L, M, J: RFC 6026 and RFC 3261 17.2.2), about 3.8 kB
-# each as measured; so 50 000 bound a worker near 190 MB and let it absorb bursts of a few
-# thousand calls per second. The layer's own default (10 000) caps sustained relaying far
+# 64*T1 = 32 s after the call (Timers L, M, J: RFC 6026 and RFC 3261 17.2.2), about 1.6 kB
+# each with the call's response context, as measured (they keep only what those timers need);
+# so 50 000 bound a worker near 80 MB and let it absorb bursts of a few thousand calls per
+# second. The layer's own default (10 000) caps sustained relaying far
 # lower, which is right for the roles' embedded stacks but not for a proxy.
 MAX_TRANSACTIONS = 50_000
 _GC_GEN0_THRESHOLD = 10_000  # allocations between young-generation collections (default 700)

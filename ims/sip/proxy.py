@@ -44,6 +44,7 @@ from ims.sip.transaction import (
     TransportFailure,
     make_cancel,
     response_destination,
+    transaction_identity,
 )
 from ims.sip.uri import SipUri, TelUri, Uri
 
@@ -229,7 +230,7 @@ def select_best_response(responses: Sequence[Response]) -> Response:
 @dataclass(eq=False, slots=True)
 class _Branch:
     key: TransactionKey
-    request: Request  # as forwarded
+    request: Request | None  # as forwarded; None once not needed for a CANCEL (_finished)
     destination: Address
     context: _Context
     provisional: bool = False  # any 1xx, 100 included (9.1: CANCEL only after one)
@@ -722,7 +723,38 @@ class ProxyCore:
         elif 200 <= response.status_code < 300 and context.is_invite:
             # The server transaction is gone (Timer L): a late 2xx still reaches the UAC.
             self._forward_upstream_statelessly(response)
-        context.final_sent = True
+        if not context.final_sent:
+            context.final_sent = True
+            self._finished(context)
+
+    def _finished(self, context: _Context) -> None:
+        """The final response went up: keep only what the context still has to do.
+
+        16.7 item 9 keeps a response context until its transactions end. For a non-INVITE
+        request it has nothing left to do by then: later responses are not forwarded (item 5),
+        its pending branches are not CANCELled (9.1: never a non-INVITE), retransmissions of
+        the request are the server transaction's (17.2.2). A response of a branch no longer
+        known gets exactly that, so the context is forgotten now rather than 64*T1 later. An
+        INVITE context lives on: 2xx retransmissions and the late 2xx of other branches go up
+        (item 5, RFC 6026 section 7.3) and pending branches are CANCELled (item 10); the
+        responses gathered for item 6 and the requests of answered branches are let go."""
+        if not context.is_invite:
+            for branch in context.branches:
+                if self._branches.get(branch.key) is branch:
+                    del self._branches[branch.key]
+                    branch.timer = None
+            if self._contexts.get(context.server_key) is context:
+                self._drop(context)
+            return
+        context.responses.clear()
+        context.failover = None
+        context.untried.clear()
+        # Still read: its Vias (restored on the 2xx of a branch that hid them) and what a
+        # response to it copies; its body and other fields are not.
+        context.request = transaction_identity(context.request)
+        for branch in context.branches:
+            if branch.final:
+                branch.request = None
 
     def _answer(
         self,
@@ -797,7 +829,7 @@ class ProxyCore:
 
     def _send_cancel(self, branch: _Branch, now: float) -> None:
         branch.cancel_pending = False
-        if branch.cancel_sent or branch.final:
+        if branch.cancel_sent or branch.final or branch.request is None:
             return
         branch.cancel_sent = True
         cancel = make_cancel(branch.request, reason=branch.cancel_reason)

@@ -19,16 +19,26 @@ import heapq
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from ims.sip.address import Address
 from ims.sip.checks import Reject, Valid, check_message
 from ims.sip.errors import LocalProtocolError, ProtocolError
 from ims.sip.headers import Via
 from ims.sip.ids import is_rfc3261_branch
-from ims.sip.message import Headers, Message, Request, Response, make_response
+from ims.sip.message import (
+    Headers,
+    Message,
+    Request,
+    Response,
+    make_response,
+    parse_message,
+    serialize,
+)
 from ims.sip.transaction_state import (
     INITIAL,
     LIVE_TIMERS,
+    RETRANSMIT_TIMERS,
     TRANSITIONS,
     Action,
     Input,
@@ -63,7 +73,10 @@ __all__ = [
     "make_trying",
     "response_destination",
     "server_key",
+    "transaction_identity",
 ]
+
+_M = TypeVar("_M", Request, Response)
 
 DEFAULT_MAX_TRANSACTIONS = 10_000
 DEFAULT_RETRY_AFTER = 5
@@ -188,7 +201,13 @@ class TransactionTimeout:
 
 @dataclass(frozen=True, slots=True)
 class TransportFailure:
-    """The adapter reported that a message of this transaction could not be sent (8.1.3.1)."""
+    """The adapter reported that a message of this transaction could not be sent (8.1.3.1).
+
+    A server transaction that has sent its final response no longer holds the request (see
+    `_WAITING`): `request` is then rebuilt from that response, with its Via, From, To, Call-ID
+    and CSeq (which 8.2.6.2 copied from the request; To now tagged) and the To URI as
+    Request-URI.
+    """
 
     key: TransactionKey
     request: Request
@@ -312,19 +331,66 @@ def response_destination(via: Via, source: Address | None = None) -> Address:
     return Address(transport, host, port)
 
 
+def transaction_identity(message: _M) -> _M:
+    """`message` with only Via, From, To, Call-ID and CSeq, and no body: what identifies its
+    transaction and dialog (17.1.3, 17.2.3, 12) and what a response to it copies (8.2.6.2).
+    What is kept of a message that only has to be recognised, or answered, any more."""
+    h = message.headers
+    items = [("Via", v) for v in h.get_all("Via")]
+    items.extend((n, v) for n in ("From", "To", "Call-ID", "CSeq") if (v := h.get(n)) is not None)
+    headers = Headers(tuple(items))
+    if isinstance(message, Request):
+        return Request(message.method, message.uri, headers, b"", message.version)
+    return Response(message.status_code, message.reason, headers, b"", message.version)
+
+
+def _request_of_response(method: str, response: Response | None) -> Request | None:
+    """A stand-in for the request a server transaction no longer holds (TransportFailure):
+    the Via, From, To, Call-ID and CSeq its response copied (8.2.6.2), the To URI as
+    Request-URI."""
+    if response is None:
+        return None
+    try:
+        uri = response.to.uri
+    except ProtocolError:
+        return None
+    return Request(method, uri, transaction_identity(response).headers)
+
+
 # --- the layer --------------------------------------------------------------------------------
+
+
+# The states in which a transaction only waits out retransmissions, after the TU has its
+# outcome: the request is no longer needed, and is let go (RFC 3261 17.2.2 Completed: Timer J
+# keeps the final response for retransmission; 17.2.1 Confirmed: ACKs absorbed; RFC 6026 7.1
+# Accepted: INVITEs absorbed, ACKs and the TU's 2xx passed on; 17.1.2.2 Completed and RFC 6026
+# 7.2 Accepted: responses absorbed or passed up). An INVITE client in Completed keeps its
+# request: it builds the ACK for each retransmitted final response from it (17.1.1.3). So does
+# an INVITE server in Completed: Timer H reports a timeout with it.
+_WAITING = frozenset({
+    (Role.NON_INVITE_SERVER, State.COMPLETED),
+    (Role.INVITE_SERVER, State.CONFIRMED),
+    (Role.INVITE_SERVER, State.ACCEPTED),
+    (Role.NON_INVITE_CLIENT, State.COMPLETED),
+    (Role.INVITE_CLIENT, State.ACCEPTED),
+})
 
 
 @dataclass(slots=True, eq=False)
 class _Transaction:
     key: TransactionKey
     role: Role
-    request: Request
+    request: Request | None  # None once waiting (_WAITING): the TU has the outcome
     peer: Address  # client: where the request goes; server: where responses go
     state: State = State.TERMINATED
     last_response: Response | None = None
+    # A non-INVITE server in Completed: its final response as sent, instead of last_response.
+    # Only a lost response makes it needed again (17.2.2), so it waits as bytes for 64*T1.
+    sent_final: bytes | None = None
     timers: dict[Timer, int] = field(default_factory=dict)  # timer -> token of its heap entry
-    intervals: dict[Timer, float] = field(default_factory=dict)
+    # The last interval of each retransmission timer (A, E, G), for their back-off; made only
+    # when one runs, i.e. over an unreliable transport.
+    intervals: dict[Timer, float] | None = None
 
 
 class TransactionLayer:
@@ -369,7 +435,8 @@ class TransactionLayer:
         return None if txn is None else txn.state
 
     def request_of(self, key: TransactionKey) -> Request | None:
-        """The request that created a live transaction."""
+        """The request that created a live transaction; None once it is only waiting for
+        retransmissions to end (it no longer holds the request then)."""
         txn = self._transactions.get(key)
         return None if txn is None else txn.request
 
@@ -438,8 +505,13 @@ class TransactionLayer:
     def send_trying(self, key: TransactionKey, now: float) -> None:
         """Send 100 Trying on the INVITE server transaction `key` (17.2.1)."""
         txn = self._transactions.get(key)
-        if txn is None:
+        if txn is None or not txn.role.is_server:
             raise LocalProtocolError(f"no live server transaction {key}")
+        if txn.request is None:
+            raise LocalProtocolError(
+                f"cannot send 100 in the {txn.state.value} state of the {txn.role.value} "
+                f"transaction {key}"
+            )
         self.send_response(key, make_trying(txn.request), now)
 
     def send_stateless(self, message: Message, destination: Address) -> None:
@@ -449,8 +521,13 @@ class TransactionLayer:
     def transport_error(self, key: TransactionKey, now: float) -> None:
         """The adapter could not send a message of transaction `key` (17.1.4, 17.2.4)."""
         txn = self._transactions.get(key)
-        if txn is not None:
-            self._step(txn, Stimulus.TRANSPORT_ERROR, now, None, None)
+        if txn is None:
+            return
+        if txn.request is None and not txn.role.is_server:
+            # Completed (17.1.2.2, figure 6) and Accepted (RFC 6026 figure 5) send nothing: a
+            # failure reported now is of a request the peer has answered. Nothing to tell.
+            return
+        self._step(txn, Stimulus.TRANSPORT_ERROR, now, None, None)
 
     def abandon(self, key: TransactionKey) -> None:
         """Destroy a client transaction the TU has given up on: an INVITE whose CANCEL got no
@@ -538,8 +615,8 @@ class TransactionLayer:
             txn = self._transactions.get(replace(key, legacy=(*key.legacy[:5], to_tag)))
             if txn is None or txn.role is not Role.INVITE_SERVER:
                 continue
-            sent = txn.last_response
-            sent_tag = (sent.to.tag if sent is not None else txn.request.to.tag) or ""
+            sent = txn.last_response if txn.last_response is not None else txn.request
+            sent_tag = (sent.to.tag if sent is not None else None) or ""
             if sent_tag == ack_tag:
                 return txn
         return None
@@ -626,12 +703,17 @@ class TransactionLayer:
             return
         due_now: list[Timer] = []
         for timer in transition.arm:
+            intervals = txn.intervals
+            previous = intervals.get(timer) if intervals is not None else None
             interval = timer_duration(
-                timer, txn.state, self.settings, txn.peer.reliable, txn.intervals.get(timer)
+                timer, txn.state, self.settings, txn.peer.reliable, previous
             )
             if interval is None:
                 continue
-            txn.intervals[timer] = interval
+            if timer in RETRANSMIT_TIMERS:
+                if intervals is None:
+                    intervals = txn.intervals = {}
+                intervals[timer] = interval
             if interval <= 0:
                 due_now.append(timer)
             else:
@@ -639,6 +721,35 @@ class TransactionLayer:
         for timer in due_now:
             if self._transactions.get(txn.key) is txn:
                 self._step(txn, timer, now, None, None)
+        if (txn.role, txn.state) in _WAITING and self._transactions.get(txn.key) is txn:
+            self._let_go(txn)
+
+    @staticmethod
+    def _let_go(txn: _Transaction) -> None:
+        """Keep of a waiting transaction only what the rest of its life needs (_WAITING)."""
+        txn.request = None
+        txn.intervals = None
+        last = txn.last_response
+        if last is None:
+            return
+        if txn.role is Role.NON_INVITE_SERVER:
+            txn.sent_final = serialize(last)
+            txn.last_response = None
+        else:
+            # Accepted and Confirmed retransmit nothing (17.2.1, RFC 6026 7.1): the response
+            # only identifies the transaction (the To tag an RFC 2543 ACK must carry).
+            txn.last_response = transaction_identity(last)
+
+    @staticmethod
+    def _final_sent(txn: _Transaction) -> Response | None:
+        """The response a server transaction sent last, from its bytes when it kept those."""
+        if txn.last_response is None and txn.sent_final is not None:
+            try:
+                sent = parse_message(txn.sent_final)
+            except ProtocolError:
+                return None  # not a message a peer could have read either
+            return sent if isinstance(sent, Response) else None
+        return txn.last_response
 
     def _perform(
         self, txn: _Transaction, action: Action, message: Message | None, source: Address | None
@@ -647,23 +758,31 @@ class TransactionLayer:
             assert message is not None
             if isinstance(message, Response):
                 txn.last_response = message
+                txn.sent_final = None
             self._events.append(SendMessage(message, txn.peer))
         elif action is Action.RETRANSMIT:
             if txn.role.is_server:
-                if txn.last_response is not None:
-                    self._events.append(SendMessage(txn.last_response, txn.peer))
+                last = self._final_sent(txn)
+                if last is not None:
+                    self._events.append(SendMessage(last, txn.peer))
             else:
+                assert txn.request is not None  # retransmitted only before a response
                 self._events.append(SendMessage(txn.request, txn.peer))
         elif action is Action.PASS_TO_TU:
             self._events.append(self._to_tu(txn, message, source))
         elif action is Action.SEND_ACK:
-            assert isinstance(message, Response)
+            assert isinstance(message, Response) and txn.request is not None
             ack = make_ack_for_error(txn.request, message)
             self._events.append(SendMessage(ack, txn.peer))
         elif action is Action.REPORT_TIMEOUT:
+            assert txn.request is not None  # B, F, H fire only where it is kept
             self._events.append(TransactionTimeout(txn.key, txn.request))
         elif action is Action.REPORT_TRANSPORT_ERROR:
-            self._events.append(TransportFailure(txn.key, txn.request))
+            request = txn.request
+            if request is None:
+                request = _request_of_response(txn.key.method, self._final_sent(txn))
+            if request is not None:
+                self._events.append(TransportFailure(txn.key, request))
 
     def _to_tu(self, txn: _Transaction, message: Message | None, source: Address | None) -> Event:
         if isinstance(message, Response):
