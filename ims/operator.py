@@ -124,7 +124,7 @@ class Element:
         task = asyncio.get_running_loop().create_task(self._settle(token, request, work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        return Defer(token)
+        return Defer(token, on_cancel=task.cancel)  # a CANCEL stops the work
 
     async def _settle(
         self, token: int, request: Request, work: Awaitable[Forward | Response]

@@ -14,6 +14,7 @@ import pytest
 from ims.sip.address import Address
 from ims.sip.message import Headers, Message, Request, Response, make_response
 from ims.sip.proxy import (
+    Defer,
     Forward,
     ProxyConfig,
     ProxyCore,
@@ -694,3 +695,41 @@ def test_transaction_key_of_branch_is_client_side() -> None:
     world.invite()
     keys = [k for k in world.proxy._branches]
     assert keys and all(isinstance(k, TransactionKey) and not k.is_server for k in keys)
+
+
+def test_rfc3261_16_10_cancel_of_a_deferred_request_tells_the_role_once() -> None:
+    """A CANCEL while the role's routing step runs (Defer): the core answers the CANCEL 200 and
+    the INVITE 487 (16.10) and calls Defer.on_cancel once, so the role stops its step; a late
+    resume() finds nothing to do and forwards nothing."""
+    cancelled: list[str] = []
+
+    def deferring(request: Request, source: Address) -> Defer:
+        return Defer("lookup", on_cancel=lambda: cancelled.append("lookup"))
+
+    world = World(deferring)
+    invite = world.invite()
+    assert cancelled == []
+    world.uac.layer.send_request(make_cancel(invite), PROXY, world.now)
+    world.pump()
+    statuses = sorted((r.cseq.method, r.status_code) for r in world.uac.responses())
+    assert ("CANCEL", 200) in statuses and ("INVITE", 487) in statuses
+    assert cancelled == ["lookup"]
+    route = Forward((Target(contact_of(UAS1, "dave")),))
+    assert world.proxy.resume("lookup", route, world.now) is False
+    world.pump()
+    assert world.uas1.take(RequestReceived) == [] and cancelled == ["lookup"]
+
+
+def test_a_deferred_request_resumed_normally_never_calls_on_cancel() -> None:
+    cancelled: list[str] = []
+
+    def deferring(request: Request, source: Address) -> Defer:
+        return Defer("lookup", on_cancel=lambda: cancelled.append("lookup"))
+
+    world = World(deferring)
+    world.invite()
+    route = Forward((Target(contact_of(UAS1, "dave")),))
+    assert world.proxy.resume("lookup", route, world.now) is True
+    world.pump()
+    assert len(world.uas1.requests("INVITE")) == 1
+    assert cancelled == []

@@ -184,9 +184,12 @@ class Forward:
 class Defer:
     """The router needs an asynchronous step (a DNS lookup) first: the request waits until the
     role calls `ProxyCore.resume(token, decision, now)`. `token` is the role's, unique among
-    deferred requests. Never for an ACK (forwarded statelessly, it cannot wait)."""
+    deferred requests. Never for an ACK (forwarded statelessly, it cannot wait). `on_cancel`
+    is called once when a CANCEL ends the request while it waits (16.10: the core has answered
+    the CANCEL 200 and the request 487), so that the role stops its step."""
 
     token: object
+    on_cancel: Callable[[], object] | None = None
 
 
 class Router(Protocol):
@@ -293,6 +296,7 @@ class ProxyCore:
         self._token = 0
         # Requests whose routing the role deferred: token -> (context, routed, loop hash).
         self._deferred: dict[object, tuple[_Context, Request, str]] = {}
+        self._on_cancel_hooks: dict[object, Callable[[], object]] = {}  # Defer.on_cancel
         # Responses a rewrite holds (Hold): token -> the branch it came on, whether final.
         self._held: dict[object, tuple[_Branch, bool]] = {}
 
@@ -369,6 +373,8 @@ class ProxyCore:
             if decision.token in self._deferred:
                 raise LocalProtocolError(f"defer token {decision.token!r} is in use")
             self._deferred[decision.token] = (context, routed, loop_hash)
+            if decision.on_cancel is not None:
+                self._on_cancel_hooks[decision.token] = decision.on_cancel
             return
         self._decided(context, routed, decision, loop_hash, now)
 
@@ -376,6 +382,7 @@ class ProxyCore:
         """The role's decision for a request it deferred (`Defer(token)`). False when the token
         is unknown or the request no longer waits (answered, cancelled: then 487 here)."""
         entry = self._deferred.pop(token, None)
+        self._on_cancel_hooks.pop(token, None)
         if entry is None:
             return False
         context, routed, loop_hash = entry
@@ -814,6 +821,9 @@ class ProxyCore:
         if waiting and not context.final_sent:
             del self._deferred[waiting[0]]  # its late resume() finds nothing to do
             self._answer(context, 487, None, now=now)
+            hook = self._on_cancel_hooks.pop(waiting[0], None)
+            if hook is not None:
+                hook()
             return
         if not context.final_sent:
             self._cancel_pending(context, now, event.request.headers.get("Reason"))
