@@ -23,9 +23,17 @@ Record-Route URI as a sealed token (its user part), and so do those of a respons
 through an ingress request's path. A request coming back in with such a token in its Route
 gets the internal entries back, statelessly.
 
+TLS legs (docs/operator-guide.md, "TLS between operators"): when the request went to or came
+from a peer over TLS, the border record-routes twice (RFC 5658), once with its
+plain URI for its own operator's side and once, towards the peer, with
+`sip:...;transport=tls` at its tls: listener, so that ACK, BYE and re-INVITEs cross on TLS
+too (RFC 3261 section 16.6 item 4; `sips:` is not used: it would demand TLS on every hop to
+the UE, RFC 5630). The token records that the dialog was set up over TLS; an
+in-dialog request from the peer carrying it over another transport is refused (403).
+
 With `metrics`, each locator call counts as a DNS lookup of its kind ("plmn" for Target-MNO,
 "enum", "rfc3263" for a domain's NAPTR/SRV/A walk), failed or not, and each refusal counts
-by reason ("not-a-peer", "no-agreement", "route-token").
+by reason ("not-a-peer", "no-agreement", "route-token", "not-tls").
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 from ims.config import BorderConfig
@@ -101,9 +110,10 @@ class Border:
         self.retry_after = retry_after
         self.metrics = metrics
         self.peer_domains = frozenset(p.domain for p in config.peers)
+        self.tls_uri = _tls_uri(uri, config)
 
     def __call__(self, request: Request, source: Address) -> Forward | Response | Defer:
-        request, own = pop_own_route(request, self.uri)
+        request, own = self._pop_own_routes(request)
         if source.host in self.internal_hosts:
             return self._egress(request)
         peer = self.config.peer_for_source(source.host)
@@ -112,48 +122,95 @@ class Border:
                            request.method, source)
             self._refused("not-a-peer")
             return make_response(request, 403, "Forbidden (not a peer operator)")
-        return self._ingress(request, own, peer.name)
+        return self._ingress(request, own, peer.name, source)
+
+    def _pop_own_routes(self, request: Request) -> tuple[Request, NameAddress | None]:
+        """Remove the top Route entries naming this border, at its plain URI or its tls:
+        listener (we may have record-routed twice, RFC 5658); the one returned is
+        the entry with our token, if any (the proxy core removed plain top entries already)."""
+        own: NameAddress | None = None
+        for me in (self.uri, self.tls_uri, self.uri):
+            if me is None:
+                continue
+            request, popped = pop_own_route(request, me)
+            if popped is not None and (own is None or not _user_of(own)):
+                own = popped
+        return request, own
+
+    def _is_mine(self, uri: Uri) -> bool:
+        return _names(uri, self.uri) or (self.tls_uri is not None and _names(uri, self.tls_uri))
+
+    def _is_plain_mine(self, uri: Uri) -> bool:
+        """Our second Record-Route entry (RFC 5658): ours, without a token."""
+        return self._is_mine(uri) and isinstance(uri, SipUri) and not uri.user
 
     # -- ingress ---------------------------------------------------------------------------
 
-    def _ingress(self, request: Request, own: NameAddress | None, peer: str) -> Forward | Response:
+    def _ingress(
+        self, request: Request, own: NameAddress | None, peer: str, source: Address
+    ) -> Forward | Response:
+        over_tls = source.transport.upper() == "TLS"
         if request.to.tag is not None or request.method == "ACK":
             if own is None or not isinstance(own.uri, SipUri) or not own.uri.user:
                 self._refused("route-token")
                 return make_response(request, 403, "Forbidden (no route token into this operator)")
-            internal = self._open(own.uri.user)
-            if internal is None:
+            opened = self._open_route(own.uri.user)
+            if opened is None:
                 self._refused("route-token")
                 return make_response(request, 403, "Forbidden (invalid route token)")
+            internal, tls = opened
+            if tls and not over_tls:
+                # The dialog was set up over TLS with this peer: a request of it on another
+                # transport is admitted by source address only, which TLS was there to avoid.
+                logger.warning("border %s: in-dialog %s from peer %s refused: came over %s for "
+                               "a dialog set up over TLS", self.uri, request.method, peer,
+                               source.transport)
+                self._refused("not-tls")
+                return make_response(
+                    request, 403,
+                    f"Forbidden (dialog set up over TLS; in-dialog {request.method} "
+                    f"came over {_phrase_safe(source.transport)})")
             routes = [*internal, *request.headers.get_all("Route")]
             edited = request.with_headers(request.headers.replaced("Route", routes))
             return Forward((Target(edited.uri),), request=edited)
         logger.info("border %s: %s for %s from peer %s", self.uri, request.method, request.uri,
                     peer)
         # A peer never preloads a route into our network: the S-CSCF decides.
-        edited = request.with_headers(
-            request.headers.without("Route", "P-Preferred-Identity")
-        )
+        headers = request.headers.without("Route", "P-Preferred-Identity")
+        tls = over_tls and self.tls_uri is not None
+        if tls:
+            assert self.tls_uri is not None
+            # RFC 5658: in from the peer on TLS, on to our S-CSCF on UDP: our
+            # peer-facing entry first, the proxy core puts our plain one above it.
+            headers = headers.prepended("Record-Route", f"<{self.tls_uri.with_param('lr')}>")
+        edited = request.with_headers(headers)
         return Forward(
             (Target(edited.uri, self.scscf),),
             record_route=True,
             request=edited,
-            rewrite_response=self._fold_response,
+            rewrite_response=self._fold_tls_response if tls else self._fold_response,
         )
 
-    def _fold_response(self, response: Response) -> Response:
+    def _fold_tls_response(self, response: Response) -> Response:
+        return self._fold_response(response, tls=True)
+
+    def _fold_response(self, response: Response, *, tls: bool = False) -> Response:
         """A response leaving through an ingress request's path: the internal Record-Route
-        entries (before ours) go into our entry's token, nearest first."""
+        entries (before ours) go into our entry's token, nearest first; with `tls` the entry
+        is our tls: listener's and the token says so."""
         values = response.headers.get_all("Record-Route")
         if not values:
             return response
         entries = response.name_addrs("Record-Route")
-        index = next((i for i, e in enumerate(entries) if _names(e.uri, self.uri)), None)
+        index = next((i for i, e in enumerate(entries) if self._is_mine(e.uri)), None)
         if index is None:
             return response
+        end = index + 1
+        while end < len(entries) and self._is_plain_mine(entries[end].uri):
+            end += 1  # our second entry (RFC 5658): the peer sees the token entry only
         internal = [values[i] for i in reversed(range(index))]
-        mine = f"<{self._token_uri(internal)}>"
-        rest = values[index + 1:]
+        mine = f"<{self._token_uri(internal, tls=tls)}>"
+        rest = values[end:]
         return response.with_headers(response.headers.replaced("Record-Route", [mine, *rest]))
 
     # -- egress ----------------------------------------------------------------------------
@@ -246,6 +303,11 @@ class Border:
                     ", ".join(str(t.next_hop) for t in hops))
         internal = request.headers.get_all("Record-Route")
         headers = request.headers.without("Record-Route", "Route", "P-Preferred-Identity")
+        tls = secure and self.tls_uri is not None
+        if tls:
+            # RFC 5658: in from our S-CSCF on UDP, on to the peer on TLS: our plain
+            # entry first, the proxy core puts the tls: one (with the token) above it.
+            headers = headers.appended("Record-Route", f"<{self.uri.with_param('lr')}>")
         rewrite = self._unfold_response
         if requires_extension(request):
             # Section 3: the peer operator's proxies must support the extension, or refuse.
@@ -258,7 +320,7 @@ class Border:
         return Forward(
             tuple(hops),
             record_route=True,
-            record_route_uri=self._token_uri(internal),
+            record_route_uri=self._token_uri(internal, tls=tls),
             request=edited,
             hide_vias=True,
             rewrite_response=rewrite,
@@ -283,11 +345,14 @@ class Border:
             return response
         entries = response.name_addrs("Record-Route")
         for i, entry in enumerate(entries):
-            if _names(entry.uri, self.uri) and isinstance(entry.uri, SipUri) and entry.uri.user:
+            if self._is_mine(entry.uri) and isinstance(entry.uri, SipUri) and entry.uri.user:
                 internal = self._open(entry.uri.user)
                 if internal is None:
                     raise ProtocolError("Record-Route token of ours was altered")
-                restored = [*values[: i + 1], *internal, *values[i + 1:]]
+                end = i + 1
+                while end < len(entries) and self._is_plain_mine(entries[end].uri):
+                    end += 1  # our plain entry below the tls: one (RFC 5658)
+                restored = [*values[:end], *internal, *values[end:]]
                 return response.with_headers(
                     response.headers.replaced("Record-Route", restored)
                 )
@@ -327,22 +392,36 @@ class Border:
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def _token_uri(self, internal: list[str]) -> SipUri:
-        payload = json.dumps(internal, separators=(",", ":")).encode("utf-8")
-        return SipUri(host=self.uri.host, port=self.uri.port, user=seal_token(self.key, payload),
-                      params=(("lr", None),))
+    def _token_uri(self, internal: list[str], *, tls: bool = False) -> SipUri:
+        """Our Record-Route URI carrying the sealed internal entries; with `tls`, at our tls:
+        listener with `transport=tls` (RFC 5630: hop-by-hop TLS is `sip:` with
+        transport=tls; `sips:` would ask for TLS to the UE), the token marking the dialog."""
+        document: object = {"rr": internal, "tls": True} if tls else internal
+        payload = json.dumps(document, separators=(",", ":")).encode("utf-8")
+        token = seal_token(self.key, payload)
+        if tls and self.tls_uri is not None:
+            return replace(self.tls_uri, user=token).with_param("lr")
+        return SipUri(host=self.uri.host, port=self.uri.port, user=token, params=(("lr", None),))
 
     def _open(self, token: str) -> list[str] | None:
+        opened = self._open_route(token)
+        return None if opened is None else opened[0]
+
+    def _open_route(self, token: str) -> tuple[list[str], bool] | None:
+        """The internal entries a token of ours carries and whether its dialog was set up
+        over TLS; None when it is not ours or was altered."""
         payload = open_token(self.key, token)
         if payload is None:
             return None
         try:
-            values = json.loads(payload)
+            document = json.loads(payload)
         except ValueError:
             return None
+        tls = isinstance(document, dict) and document.get("tls") is True
+        values = document.get("rr") if isinstance(document, dict) else document
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             return None
-        return values
+        return values, tls
 
 
 def target_mno_contradiction(
@@ -388,6 +467,24 @@ def lacking_operator(response: Response) -> Response:
     headers = response.headers.appended("Reason", final.reason)
     return Response(final.status_code, final.reason_phrase, headers, response.body,
                     response.version)
+
+
+def _tls_uri(uri: SipUri, config: BorderConfig) -> SipUri | None:
+    """`sip:host:port;transport=tls` of the tls: listener of the border instance named `uri`:
+    the one on its host, else (an advertised host name) the only one there is."""
+    listeners = [a for a in config.listen if a.transport.upper() == "TLS"]
+    same_host = [a for a in listeners if a.host == uri.host_for_connect]
+    if same_host:
+        chosen = same_host[0]
+    elif len(listeners) == 1 and config.advertised_host is not None:
+        chosen = listeners[0]
+    else:
+        return None
+    return SipUri(host=uri.host, port=chosen.port, params=(("transport", "tls"),))
+
+
+def _user_of(entry: NameAddress) -> str | None:
+    return entry.uri.user if isinstance(entry.uri, SipUri) else None
 
 
 def _names(uri: Uri, me: SipUri) -> bool:

@@ -23,11 +23,14 @@ from ims.config import BorderConfig, Role, load_config
 from ims.dns import worlds
 from ims.dns.server import start_server
 from ims.operator import BorderTls, Operator, OperatorError
+from ims.sip.headers import NameAddress
+from ims.sip.message import Response, parse_message, serialize
 from ims.sip.transaction import TimerSettings
 from ims.sip.transport import TlsTransport
 from ims.sip.uri import SipUri, parse_uri
-from ims.sip.useragent import CallFailed, IncomingCall, UserAgent
+from ims.sip.useragent import Call, CallFailed, IncomingCall, UserAgent
 from ims.store import new_subscriber, open_store
+from ims.trace import read_trace
 from tests.test_sip_tls import OPENSSL, Cert, make_cert
 
 FAST = TimerSettings(t1=0.02, t2=0.16, t4=0.2)
@@ -92,6 +95,9 @@ name = "{PLMNS[other][0]}"
 plmn = "{PLMNS[other][1]}"
 admit_from = ["{HOSTS[other]}/32"]
 {peer_keys}
+
+[trace]
+path = "{op}-trace.jsonl"
 
 [log]
 level = "info"
@@ -199,6 +205,112 @@ def test_bill_calls_dave_over_mutual_tls_between_borders_rfc3263_4_1_sips(
             assert response.status_code == 200
 
     run(scenario())
+
+
+def _beta_entry(call: Call) -> NameAddress:
+    """Beta's border entry in Bill's route set: the one the peer sees, with the token."""
+    return next(r for r in call.dialog.route_set
+                if isinstance(r.uri, SipUri) and r.uri.host == HOSTS["beta"] and r.uri.user)
+
+
+def test_ack_and_bye_cross_over_tls_too_rfc3261_16_6_item_4_rfc5658(tmp_path: Path) -> None:
+    """Both borders record-route towards the peer with `sip:...;transport=tls` at their tls:
+    listener (RFC 3261 section 16.6 item 4: reachable over the transport the next request
+    uses; RFC 5630: not sips:, the leg to the UE is not TLS), and with their plain URI towards
+    their own side (double Record-Route, RFC 5658): the ACK and the BYEs of either
+    UE cross between the borders on TLS, not UDP."""
+    calls: tuple[str, str] = ("", "")
+
+    async def scenario() -> None:
+        nonlocal calls
+        async with world(tmp_path) as w:
+            task = asyncio.create_task(w.ues["bill"].call(parse_uri(DAVE), extra=HELP))
+            incoming: IncomingCall = await asyncio.wait_for(w.ues["dave"].incoming.get(), 10)
+            # What Dave's side learns about Alpha: its tls: entry (with the token) above its
+            # plain one, and Beta's plain entry above Beta's tls: one.
+            rr = incoming.request.name_addrs("Record-Route")
+            alpha = [r.uri for r in rr if isinstance(r.uri, SipUri)
+                     and r.uri.host == HOSTS["alpha"]]
+            assert len(alpha) == 2 and alpha[0].user and alpha[0].param("transport") == "tls"
+            assert alpha[0].scheme == "sip" and alpha[1].param("transport") is None
+            answered = await incoming.accept()
+            call = await task
+            beta_entry = _beta_entry(call).uri
+            assert isinstance(beta_entry, SipUri)
+            assert beta_entry.scheme == "sip" and beta_entry.param("transport") == "tls"
+            assert beta_entry.port == _tls_endpoint(w.ops["beta"]).local.port
+            await asyncio.wait_for(answered.acked.wait(), 5)
+            response = await call.bye()
+            assert response.status_code == 200
+            # A second call, Dave hangs up: his BYE goes Beta to Alpha on TLS as well.
+            task = asyncio.create_task(w.ues["bill"].call(parse_uri(DAVE), extra=HELP))
+            incoming = await asyncio.wait_for(w.ues["dave"].incoming.get(), 10)
+            answered = await incoming.accept()
+            second = await task
+            await asyncio.wait_for(answered.acked.wait(), 5)
+            response = await answered.bye()
+            assert response.status_code == 200
+            await asyncio.wait_for(second.ended.wait(), 5)
+            calls = (call.dialog.id.call_id, second.dialog.id.call_id)
+
+    run(scenario())
+    # What each border received from the other, as its trace shows it (source transport).
+    received = {
+        op: [(e.call_id, e.method, e.source.split(":")[0])
+             for e in read_trace(tmp_path / f"{op}-trace.jsonl")
+             if e.role == "border" and e.direction == "in" and e.method is not None
+             and e.source.split(":")[1] == HOSTS["beta" if op == "alpha" else "alpha"]]
+        for op in HOSTS
+    }
+    first, second_call = calls
+    for method in ("INVITE", "ACK", "BYE"):
+        assert (first, method, "tls") in received["beta"], (method, received["beta"])
+    assert (second_call, "BYE", "tls") in received["alpha"], received["alpha"]
+    assert all(transport == "tls" for _, _, transport in received["alpha"] + received["beta"])
+
+
+def test_in_dialog_bye_over_udp_for_a_tls_dialog_is_refused_403(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A BYE with Beta's route token of a dialog set up over TLS, sent over UDP from Alpha's
+    own address (which Beta admits): Beta answers 403 naming why, Dave's call stays up."""
+    async def scenario() -> None:
+        async with world(tmp_path) as w:
+            task = asyncio.create_task(w.ues["bill"].call(parse_uri(DAVE), extra=HELP))
+            incoming: IncomingCall = await asyncio.wait_for(w.ues["dave"].incoming.get(), 10)
+            answered = await incoming.accept()
+            call = await task
+            await asyncio.wait_for(answered.acked.wait(), 5)
+            _, bye = call.dialog.create_bye(ids=w.ues["bill"].ids)
+            loop = asyncio.get_running_loop()
+            received: asyncio.Queue[bytes] = asyncio.Queue()
+
+            class Catch(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+                    received.put_nowait(data)
+
+            transport, _ = await loop.create_datagram_endpoint(
+                Catch, local_addr=(HOSTS["alpha"], 0))
+            try:
+                port = transport.get_extra_info("sockname")[1]
+                headers = bye.headers.replaced("Route", [f"<{_beta_entry(call).uri}>"])
+                headers = headers.replaced(
+                    "Via", [f"SIP/2.0/UDP {HOSTS['alpha']}:{port};branch=z9hG4bK-udp-bye"])
+                border = w.ops["beta"].address(Role.BORDER)
+                assert border.transport == "UDP"
+                transport.sendto(serialize(bye.with_headers(headers)), (border.host, border.port))
+                answer = parse_message(await asyncio.wait_for(received.get(), 5))
+            finally:
+                transport.close()
+            assert isinstance(answer, Response)
+            assert answer.status_code == 403
+            assert "TLS" in answer.reason and "UDP" in answer.reason
+            assert not answered.ended.is_set()
+            response = await call.bye()  # the real one, over TLS, still ends the call
+            assert response.status_code == 200
+
+    with caplog.at_level(logging.WARNING):
+        run(scenario())
+    assert any("set up over TLS" in r.getMessage() for r in caplog.records)
 
 
 def test_wrong_fingerprint_refused_caller_gets_503(
