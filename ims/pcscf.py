@@ -51,16 +51,26 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IDENTITY_HEADERS = ("P-Asserted-Identity", "P-Preferred-Identity")
-_MAC_BYTES = 12
+_MAC_BYTES = 16  # the synthetic IV, also the tag (RFC 5297 uses 128 bits)
 
 
 # --- sealed tokens (flow tokens here, Record-Route tokens at the border) ----------------------
 
 
 def seal_token(key: bytes, payload: bytes) -> str:
-    """`payload` with an HMAC-SHA-256 tag, base64url without padding: a URI user part."""
-    tag = hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
-    return base64.urlsafe_b64encode(tag + payload).decode("ascii").rstrip("=")
+    """`payload` encrypted and authenticated, base64url without padding: a URI user part.
+
+    Deterministic authenticated encryption in the manner of SIV (RFC 5297) with HMAC-SHA-256
+    as the PRF: the synthetic IV is the payload's tag under one derived key, the keystream is
+    HMAC-SHA-256(other key, IV || counter). A peer holding a token learns nothing of what it
+    carries (internal hosts and ports: topology hiding) and cannot forge one; the same payload
+    seals to the same token, so a flow keeps one token across its REGISTERs.
+    """
+    mac_key, stream_key = _token_keys(key)
+    iv = hmac.new(mac_key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    sealed = bytes(a ^ b for a, b in zip(payload, _keystream(stream_key, iv, len(payload)),
+                                         strict=True))
+    return base64.urlsafe_b64encode(iv + sealed).decode("ascii").rstrip("=")
 
 
 def open_token(key: bytes, token: str) -> bytes | None:
@@ -69,9 +79,26 @@ def open_token(key: bytes, token: str) -> bytes | None:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (ValueError, TypeError):
         return None
-    tag, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
-    expected = hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
-    return payload if hmac.compare_digest(tag, expected) else None
+    if len(raw) < _MAC_BYTES:
+        return None
+    mac_key, stream_key = _token_keys(key)
+    iv, sealed = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+    payload = bytes(a ^ b for a, b in zip(sealed, _keystream(stream_key, iv, len(sealed)),
+                                          strict=True))
+    expected = hmac.new(mac_key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+    return payload if hmac.compare_digest(iv, expected) else None
+
+
+def _token_keys(key: bytes) -> tuple[bytes, bytes]:
+    """Two independent keys from the element's one (HMAC as a KDF, labels apart)."""
+    return (hmac.new(key, b"ueconnect token mac", hashlib.sha256).digest(),
+            hmac.new(key, b"ueconnect token stream", hashlib.sha256).digest())
+
+
+def _keystream(key: bytes, iv: bytes, length: int) -> bytes:
+    blocks = (hmac.new(key, iv + counter.to_bytes(4, "big"), hashlib.sha256).digest()
+              for counter in range(-(-length // 32)))
+    return b"".join(blocks)[:length]
 
 
 def _flow_token(key: bytes, flow: Address) -> str:

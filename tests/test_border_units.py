@@ -35,6 +35,26 @@ def test_sealed_token_round_trip_and_tamper() -> None:
     assert open_token(KEY, "!!not-base64") is None
 
 
+def test_sealed_token_hides_what_it_carries_topology_hiding() -> None:
+    """A Record-Route token names internal hosts and ports: a peer operator must not read them
+    (base64 of the token holds neither the host nor the port), and every flip of a bit is
+    refused; the same payload seals to the same token (a flow keeps its token)."""
+    import base64
+
+    payload = b'["<sip:127.0.1.2:5102;lr>"]'
+    token = seal_token(KEY, payload)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    assert b"127.0.1.2" not in raw and b"5102" not in raw
+    assert seal_token(KEY, payload) == token
+    assert seal_token(KEY, payload + b" ") != token
+    for i in range(len(raw)):
+        flipped = bytearray(raw)
+        flipped[i] ^= 0x01
+        forged = base64.urlsafe_b64encode(bytes(flipped)).decode().rstrip("=")
+        assert open_token(KEY, forged) is None, i
+    assert open_token(KEY, "AAAA") is None  # shorter than the tag
+
+
 @pytest.mark.parametrize(
     ("value", "mno_id", "params"),
     [
