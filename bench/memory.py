@@ -56,6 +56,7 @@ from bench.relay_rate import (
     TURN_USER,
     coturn_missing,
     start_turnserver,
+    stop_process,
 )
 from bench.sipp import Endpoint, find_sipp, free_port, run_sipp
 
@@ -174,7 +175,7 @@ def measure_ueconnect_relay(sessions: int, report: Callable[[str], None]) -> Mem
         _expect_line(process, "allocated", 60)
         after = _settled(lambda: pss_kib([process.pid]))
     finally:
-        _stop(process)
+        stop_process(process)
     report(f"  relay ueconnect: {before} KiB idle, {after} KiB holding {sessions} sessions")
     return MemoryResult("relay", "ueconnect", sessions, before, after)
 
@@ -186,16 +187,6 @@ def _expect_line(process: subprocess.Popen[bytes], word: str, within: float) -> 
     if word.encode() not in line:
         raise BenchError(f"the relay process did not say {word!r} within {within:g} s "
                          f"(said {line!r}, status {process.poll()})")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()  # the process this benchmark started, by its handle
-            process.wait(timeout=5)
 
 
 async def hold_relay(sessions: int, peers: Sequence[Sequence[object]]) -> None:

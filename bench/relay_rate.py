@@ -297,7 +297,8 @@ def _process_cpu(pid: int) -> Callable[[], float]:
     return cpu
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to a process this benchmark started; SIGKILL by its handle after 5 s."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -335,7 +336,7 @@ def ueconnect_path() -> Iterator[Path_]:
         yield Path_(a, b, tuple(sides["caller_side"]), tuple(sides["callee_side"]), b"", 0,
                     _process_cpu(process.pid))
     finally:
-        _stop(process)
+        stop_process(process)
         a.close()
         b.close()
 
@@ -396,7 +397,7 @@ def start_turnserver(workdir: Path) -> Iterator[tuple[subprocess.Popen[bytes], A
                              f"{log.read_text(errors='replace')[-2000:]}")
         yield process, (LOOPBACK, port)
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @contextlib.contextmanager
@@ -647,7 +648,7 @@ BENCHMARK = Benchmark(
 )
 
 __all__ = ["BENCHMARK", "RelaySettings", "SubjectResult", "kernel_missing", "measure",
-           "measure_kernel", "serve_relay", "start_turnserver"]
+           "measure_kernel", "serve_relay", "start_turnserver", "stop_process"]
 
 
 if __name__ == "__main__":

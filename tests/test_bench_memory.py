@@ -56,9 +56,13 @@ def test_out_of_range_options_are_refused_by_name(argv: list[str], wrong: str) -
         _check(parser.parse_args(argv))
 
 
-def test_our_relay_holding_sessions_grows_by_what_it_holds() -> None:
+def test_our_relay_subject_holds_its_sessions_and_reads_its_memory() -> None:
     said: list[str] = []
     result = measure_ueconnect_relay(20, said.append)
-    assert result.items == 20 and result.before_kib and result.after_kib
-    assert result.after_kib >= result.before_kib
+    # Both readings are real (megabytes: an interpreter with asyncio and the gateway). Their
+    # difference is not asserted: 20 sessions are ~60 KiB, and PSS moves by more than that when
+    # other processes start or stop sharing the same library pages.
+    assert result.items == 20
+    assert result.before_kib is not None and result.before_kib > 5_000
+    assert result.after_kib is not None and result.after_kib > 5_000
     assert said and "holding 20 sessions" in said[0]
