@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Coroutine
@@ -464,12 +463,8 @@ def test_ue_refuses_inquiry_not_from_its_p_cscf(tmp_path: Path) -> None:
 
 # --- the caller's CANCEL during the inquiry (section 5.5; RFC 3261 sections 9, 16.10) ---------
 
-# The proxy core must stop a deferred routing step when a CANCEL ends the request; the
-# S-CSCF's permission wait is such a step (ims.sip.proxy.Defer.on_cancel).
-_CANCEL_HOOK = "on_cancel" in {f.name for f in dataclasses.fields(Defer)}
-needs_cancel_hook = pytest.mark.skipif(
-    not _CANCEL_HOOK, reason="the proxy core does not yet tell a deferring role of a CANCEL: "
-    "needs Defer.on_cancel in ims/sip/proxy.py, set by ims.operator.Element.defer")
+# The proxy core stops a deferred routing step when a CANCEL ends the request; the S-CSCF's
+# permission wait is such a step (ims.sip.proxy.Defer.on_cancel).
 CANCEL_DEADLINE = 5  # long enough that learning of the CANCEL at the deadline shows
 ALPHA_PEER_HOST = "127.0.1.20"  # in Alpha's network as the world's Beta admits it
 
@@ -510,7 +505,6 @@ async def _cancel_during_inquiry(w: World) -> Cancelled:
     return Cancelled(invite, cancel, final, inquiry, time.monotonic() - cancelled_at)
 
 
-@needs_cancel_hook
 def test_5_5_caller_cancel_during_inquiry_ends_it_at_once(tmp_path: Path) -> None:
     """RFC 3261 sections 9.2 / 16.10: the CANCEL is answered 200 and the INVITE 487; section
     5.5: Dave's inquiry is withdrawn at once (not at the deadline), the decision recorded as
@@ -649,7 +643,6 @@ Content-Length: 0
 """
 
 
-@needs_cancel_hook
 def test_5_5_sipp_cancel_at_the_border_withdraws_the_inquiry(tmp_path: Path) -> None:
     """sipp, standing in for Alpha's border (a peer Beta admits), CANCELs its INVITE while
     Dave is asked: 200 and 487 come back at once (RFC 3261 sections 9.2, 16.10), Dave's
