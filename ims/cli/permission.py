@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from ims.cli.report import help_page, print_config_error
+from ims.cli.report import bounded_int, help_page, print_config_error
 from ims.config import ConfigError, load_config
 from ims.permission.errors import PermissionProtocolError
 from ims.permission.rules import parse_rule_set
@@ -62,19 +62,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     ["ueconnect permission decisions --config beta.toml tel:+15550100002 "
                      "--limit 5"]))
     _common(decisions)
-    decisions.add_argument("--limit", type=_limit, default=20, metavar="N",
+    decisions.add_argument("--limit", type=bounded_int(1, MAX_LIMIT), default=20, metavar="N",
                            help=f"how many to show, 1 to {MAX_LIMIT} (default 20)")
     decisions.set_defaults(func=_decisions)
-
-
-def _limit(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_LIMIT:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; give 1 to {MAX_LIMIT}")
-    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ims.config import ConfigError
 
-__all__ = ["help_page", "print_config_error"]
+__all__ = ["bounded_float", "bounded_int", "help_page", "print_config_error"]
 
 WIDTH = 88
 
@@ -40,3 +40,33 @@ def print_config_error(exc: ConfigError, file: TextIO) -> None:
     print(exc, file=file)
     count = len(exc.problems)
     print(f"{exc.path}: {count} problem{'s' if count != 1 else ''}", file=file)
+
+
+def bounded_int(low: int, high: int, *, noun: str = "a whole number",
+                unit: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number `low`..`high`; argparse names the option when it
+    refuses ("'abc' is not NOUN", "VALUE UNIT is out of range; give LOW to HIGH")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value}{unit} is out of range; give {low} to {high}")
+        return value
+    return parse
+
+
+def bounded_float(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number `low`..`high`, refused as `bounded_int` refuses."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"{value:g} is out of range; give {low:g} to {high:g}")
+        return value
+    return parse

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ims.cli.report import help_page
+from ims.cli.report import bounded_int, help_page
 from ims.testbed.builder import TestbedBuilder, check_host
 from ims.testbed.errors import (
     AlreadyUp,
@@ -42,16 +42,9 @@ NETEM_FALLBACKS = (
     "(ims/testbed/delay.py, needs iptables-legacy) and say so")
 
 
-def delay_ms(text: str) -> int:
-    """argparse type of a one-way link delay (testbed up --netem-delay, demo --delay)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds; "
-                                         "give 1 to 10000") from None
-    if not 1 <= value <= 10_000:
-        raise argparse.ArgumentTypeError(f"{value} ms is out of range; give 1 to 10000")
-    return value
+# argparse type of a one-way link delay (testbed up --netem-delay, demo --delay).
+delay_ms = bounded_int(1, 10_000, noun="a whole number of milliseconds; give 1 to 10000",
+                       unit=" ms")
 
 
 def namespace_prefix(text: str) -> str:

@@ -11,7 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from ims.cli.report import help_page
+from ims.cli.report import bounded_int, help_page
 from ims.trace import (
     TraceError,
     TraceLineProblem,
@@ -39,21 +39,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     which.add_argument("--call-id", metavar="ID",
                        help="the call to draw (default: the most recent call)")
     which.add_argument("--list", action="store_true", help="list the calls instead")
-    parser.add_argument("--width", type=_width, metavar="N",
+    parser.add_argument("--width", type=bounded_int(40, 1000, noun="a number of characters"),
+                        metavar="N",
                         help="diagram width in characters (default: the terminal's)")
     parser.add_argument("--html", metavar="OUT",
                         help="also write the ladder as an HTML page (SVG) to OUT")
     parser.set_defaults(func=_trace)
-
-
-def _width(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of characters") from None
-    if not 40 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"width {value} is out of range: use 40 to 1000")
-    return value
 
 
 MAX_PROBLEMS_SHOWN = 10  # malformed lines named one by one; the rest are counted

@@ -24,12 +24,12 @@ import json
 import re
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from ims.cli.report import help_page, print_config_error
+from ims.cli.report import bounded_float, bounded_int, help_page, print_config_error
 from ims.cli.signals import stop_signals
 from ims.config import ConfigError, HostPort
 from ims.extension import InvalidTargetMno, parse_target_mno
@@ -149,7 +149,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             _EXIT_CODES))
     reg.add_argument("--stay", action="store_true",
                      help="stay registered until Ctrl-C/SIGTERM, then un-register")
-    reg.add_argument("--expires", type=_bounded_int(60, 86_400), default=600, metavar="S",
+    reg.add_argument("--expires", type=bounded_int(60, 86_400), default=600, metavar="S",
                      help="the registration lifetime asked for, seconds, 60 to 86400 "
                      "(default 600)")
 
@@ -192,13 +192,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                          "user@domain")
     connect.add_argument("--mno", required=True, metavar="MNO",
                          help="the peer's operator: its PLMN as MCC-MNC (001-02) or home domain")
-    connect.add_argument("--count", type=_bounded_int(0, MAX_COUNT), default=10, metavar="N",
+    connect.add_argument("--count", type=bounded_int(0, MAX_COUNT), default=10, metavar="N",
                          help=f"datagrams to send, 0 to {MAX_COUNT} (default 10; 0 only "
                          "connects)")
-    connect.add_argument("--interval", type=_bounded_float(0.0, MAX_INTERVAL_MS), default=20.0,
+    connect.add_argument("--interval", type=bounded_float(0.0, MAX_INTERVAL_MS), default=20.0,
                          metavar="MS", help="milliseconds between datagrams, 0 to "
                          f"{MAX_INTERVAL_MS:g} (default 20)")
-    connect.add_argument("--wait", type=_bounded_float(0.0, 60_000.0), default=1000.0,
+    connect.add_argument("--wait", type=bounded_float(0.0, 60_000.0), default=1000.0,
                          metavar="MS", help="milliseconds to wait for the last echoes, 0 to "
                          "60000 (default 1000)")
     connect.add_argument("--application", metavar="TOKEN",
@@ -226,30 +226,6 @@ def _connect_usage(args: argparse.Namespace) -> str | None:
         return (f"--application {args.application!r} is not a SIP token (RFC 3261 section "
                 "25.1): letters, digits and .!%*_+`'~- only, at most 64")
     return None
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
-        return value
-    return parse
-
-
-def _bounded_float(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value:g} is outside {low:g}..{high:g}")
-        return value
-    return parse
 
 
 def _ue(args: argparse.Namespace) -> int:
