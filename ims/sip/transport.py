@@ -172,6 +172,20 @@ def _ip_version(host: str, where: str) -> int:
     return version
 
 
+async def _listen(transport_name: str, host: str, port: int,
+                  factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.Server, Address]:
+    """A stream listener on `host`:`port`, not serving yet (the transport that owns its
+    connections is made once the socket tells the port): the server and its address."""
+    _ip_version(host, "local")
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            factory, host, port, reuse_address=True, start_serving=False)
+    except OSError as exc:
+        raise BindError(f"cannot listen on {Address(transport_name, host, port)}: {exc}") \
+            from exc
+    return server, _peer_address(transport_name, server.sockets[0].getsockname())
+
+
 def _peer_address(transport_name: str, sockaddr: tuple[str, int]) -> Address:
     return Address(transport_name, canonical_ip(sockaddr[0]), sockaddr[1])
 
@@ -541,25 +555,16 @@ class TcpTransport(_Endpoint):
         error_response: ErrorResponder = error_response_for,
     ) -> TcpTransport:
         """Listen on `host`:`port` (an IP literal; port 0 picks one, see `local`)."""
-        _ip_version(host, "local")
-        loop = asyncio.get_running_loop()
         owner: list[TcpTransport] = []  # known once the socket tells the port
-        try:
-            server = await loop.create_server(
-                lambda: _StreamConnection(owner[0]),
-                host,
-                port,
-                reuse_address=True,
-                start_serving=False,
-            )
-        except OSError as exc:
-            raise BindError(f"cannot listen on {Address('TCP', host, port)}: {exc}") from exc
-        local = _peer_address("TCP", server.sockets[0].getsockname())
+        server, local = await _listen("TCP", host, port, lambda: _StreamConnection(owner[0]))
         self = cls(local, on_message, settings or TransportSettings(), error_response)
-        self._server = server
         owner.append(self)
-        await server.start_serving()
+        await self._serve(server)
         return self
+
+    async def _serve(self, server: asyncio.Server) -> None:
+        self._server = server
+        await server.start_serving()
 
     @property
     def connection_count(self) -> int:
@@ -715,23 +720,13 @@ class TlsTransport(TcpTransport):
         error_response: ErrorResponder = error_response_for,
     ) -> TlsTransport:
         """Listen on `host`:`port` (an IP literal; port 0 picks one, see `local`)."""
-        _ip_version(host, "local")
         context = tls.server_context()
-        loop = asyncio.get_running_loop()
         owner: list[TlsTransport] = []
-        try:
-            server = await loop.create_server(
-                lambda: _TlsAccept(owner[0]), host, port, reuse_address=True,
-                start_serving=False,
-            )
-        except OSError as exc:
-            raise BindError(f"cannot listen on {Address('TLS', host, port)}: {exc}") from exc
-        local = _peer_address("TLS", server.sockets[0].getsockname())
+        server, local = await _listen("TLS", host, port, lambda: _TlsAccept(owner[0]))
         self = cls(local, on_message, settings or TransportSettings(), error_response, tls,
                    context)
-        self._server = server
         owner.append(self)
-        await server.start_serving()
+        await self._serve(server)
         return self
 
     def _start_handshake(self, raw: asyncio.Transport) -> None:
